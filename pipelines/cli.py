@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
+import os
 import sys
 
 # (command path, module, one-line help)
@@ -79,6 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (FileNotFoundError, PermissionError, ValueError, _user_errors()) as exc:
+        # Errors about the user's input: one clear line, no traceback (REFSEG_DEBUG=1 shows it).
+        if os.environ.get("REFSEG_DEBUG"):
+            raise
+        print(f"refseg: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from components.storage import StorageError
+
+    return (StorageError,)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,158 @@
+"""The compiled DAG (IR YAML) and the submit/schedule commands against a loopback KFP API server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.kfp_fake_server import FakeKfpServer
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    from pipelines.compile import compile_pipeline
+
+    path = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
+    compile_pipeline(str(path), image="registry.example/refseg:test")
+    return path, yaml.safe_load(path.read_text())
+
+
+def _executor(spec: dict, name: str) -> dict:
+    return spec["deploymentSpec"]["executors"][f"exec-{name}"]["container"]
+
+
+def test_compiled_yaml_is_kfp_ir_that_loads_back(compiled):
+    path, spec = compiled
+    from kfp import components
+
+    loaded = components.load_component_from_file(str(path))
+    assert loaded.name == "bilingual-refseg"
+    assert spec["pipelineInfo"]["name"] == "bilingual-refseg"
+    assert set(spec["components"]) >= {
+        "comp-check-translations-op", "comp-tokenize-op", "comp-train-op", "comp-evaluate-op",
+        "comp-register-op", "comp-for-loop-1",
+    }
+    # every step runs in the project image and installs nothing at run time
+    for name in ("check-translations-op", "tokenize-op", "train-op", "evaluate-op", "register-op"):
+        c = _executor(spec, name)
+        assert c["image"] == "registry.example/refseg:test"
+        assert "pip install" not in " ".join(c.get("command", []))
+
+
+def test_train_task_asks_for_a_gpu_cpu_and_memory(compiled):
+    _, spec = compiled
+    res = _executor(spec, "train-op")["resources"]
+    assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert res["accelerator"]["resourceCount"] == "1"
+    assert res["resourceCpuLimit"] == "8" and res["resourceMemoryLimit"] == "48G"
+    assert "accelerator" not in _executor(spec, "register-op").get("resources", {})
+
+
+def test_parallel_branches_over_languages(compiled):
+    _, spec = compiled
+    loop = spec["root"]["dag"]["tasks"]["for-loop-1"]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--languages"
+    inner = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]
+    assert set(inner) == {"train-op", "evaluate-op", "register-op"}
+    assert inner["evaluate-op"]["dependentTasks"] == ["train-op"]
+    assert set(inner["register-op"]["dependentTasks"]) == {"evaluate-op", "train-op"}
+    assert inner["register-op"]["cachingOptions"].get("enableCache", False) is False
+    assert inner["train-op"]["retryPolicy"]["maxRetryCount"] == 3
+
+
+def test_parameter_defaults(compiled):
+    _, spec = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["languages"]["defaultValue"] == ["zh", "en"]
+    assert params["preset"]["defaultValue"] == "small"
+    assert params["crf"]["defaultValue"] is True
+    assert params["promotion_margin"]["defaultValue"] == 0.0
+    assert params["max_fail_rate"]["defaultValue"] == 0.05
+    assert "defaultValue" not in params["manifest_uri"]  # required
+
+
+def _check_model(body: dict, model_name: str):
+    """Deserialize a request body into the kfp-server-api model; unknown fields are an error."""
+    import kfp_server_api
+
+    cls = getattr(kfp_server_api, model_name)
+    unknown = set(body) - set(cls.attribute_map.values())
+    assert not unknown, f"{model_name} has no field(s) {unknown}"
+
+    class _Resp:
+        data = json.dumps(body)
+
+    return kfp_server_api.ApiClient().deserialize(_Resp(), model_name)
+
+
+def test_submit_sends_a_valid_run(monkeypatch):
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", "secret-token")
+    from pipelines.kfp_client import submit
+
+    with FakeKfpServer() as srv:
+        r = submit(srv.url, {"manifest_uri": "s3://data/unc/manifest.parquet", "train_steps": 500},
+                   run_name="nightly")
+        calls = srv.recorder.calls
+    assert r["run_id"] == "run-123"
+    posts = [c for c in calls if c["method"] == "POST"]
+    assert [c["path"] for c in posts] == ["/apis/v2beta1/experiments", "/apis/v2beta1/runs"]
+    assert all(c["headers"].get("authorization") == "Bearer secret-token" for c in calls)
+    run = _check_model(posts[1]["body"], "V2beta1Run")
+    assert run.display_name == "nightly"
+    assert run.experiment_id == "exp-1"
+    assert run.runtime_config.parameters == {
+        "manifest_uri": "s3://data/unc/manifest.parquet", "train_steps": 500}
+    assert run.pipeline_spec["pipelineInfo"]["name"] == "bilingual-refseg"
+    _check_model(posts[0]["body"], "V2beta1Experiment")
+
+
+def test_schedule_sends_a_weekly_recurring_run(tmp_path):
+    from pipelines.kfp_client import schedule
+
+    with FakeKfpServer() as srv:
+        # an existing experiment is reused, not created again
+        srv.recorder.experiments["exp-9"] = {"experiment_id": "exp-9",
+                                             "display_name": "bilingual-refseg"}
+        r = schedule(srv.url, "0 3 * * 0", {"manifest_uri": "s3://d/m.parquet"}, token="t")
+        calls = srv.recorder.calls
+    posts = [c for c in calls if c["method"] == "POST"]
+    assert [c["path"] for c in posts] == ["/apis/v2beta1/recurringruns"]
+    rr = _check_model(posts[0]["body"], "V2beta1RecurringRun")
+    assert rr.trigger.cron_schedule.cron == "0 0 3 * * 0" == r["cron"]
+    assert rr.experiment_id == "exp-9"
+    assert rr.max_concurrency in ("1", 1)
+    assert rr.mode == "ENABLE"
+    assert rr.runtime_config.parameters == {"manifest_uri": "s3://d/m.parquet"}
+
+
+def test_cron_conversion_and_bad_input():
+    from pipelines.kfp_client import cron_to_kfp, parse_params
+
+    assert cron_to_kfp("0 3 * * 0") == "0 0 3 * * 0"
+    assert cron_to_kfp("30 0 3 * * 0") == "30 0 3 * * 0"
+    with pytest.raises(ValueError, match="5 fields"):
+        cron_to_kfp("every sunday")
+    assert parse_params(["a=1", "b=x", "c=[\"zh\"]"]) == {"a": 1, "b": "x", "c": ["zh"]}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_params(["oops"])
+
+
+def test_cli_compile_and_schedule(tmp_path):
+    out = tmp_path / "p.yaml"
+    exe = [sys.executable, "-m", "pipelines.cli", "pipeline"]
+    r = subprocess.run(exe + ["compile", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "bilingual-refseg" in out.read_text()
+    with FakeKfpServer() as srv:
+        r = subprocess.run(exe + ["schedule", "--host", srv.url, "--cron", "0 3 * * 0",
+                                  "--pipeline-file", str(out), "--param", "manifest_uri=s3://d/m"],
+                           capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "0 0 3 * * 0" in r.stdout
+    r = subprocess.run(exe + ["schedule", "--host", "http://127.0.0.1:9", "--cron", "bad"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "5 fields" in r.stderr
