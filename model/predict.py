@@ -1,0 +1,88 @@
+"""Inference on one original-resolution image: resize to cfg.input_size, forward, resize the
+probability map back. CUDA with bfloat16 autocast when the model lives on a GPU."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.network import RefSegNetwork
+
+
+def select_device(prefer: str | None = None) -> torch.device:
+    if prefer:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_context(device: torch.device | str, enabled: bool = True):
+    """bfloat16 autocast on CUDA, nothing on CPU."""
+    device = torch.device(device)
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: RefSegNetwork, device: torch.device | str) -> RefSegNetwork:
+    """Move to ``device``; channels_last on CUDA (when the config asks for it)."""
+    device = torch.device(device)
+    model = model.to(device)
+    if device.type == "cuda" and model.cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _image_tensor(image: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 HxWx3, got {arr.dtype} {arr.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(arr)).to(device).permute(2, 0, 1)[None].float() / 255
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True).clamp_(0, 1)
+
+
+def _tokens_tensor(token_lists: list[list[int]], device: torch.device):
+    if not token_lists:
+        raise ValueError("no token lists given")
+    for i, t in enumerate(token_lists):
+        if len(t) == 0:
+            raise ValueError(f"token list {i} is empty")
+    t_max = max(len(t) for t in token_lists)
+    tokens = torch.zeros(len(token_lists), t_max, dtype=torch.long)
+    for i, t in enumerate(token_lists):
+        tokens[i, : len(t)] = torch.as_tensor(list(t), dtype=torch.long)
+    lengths = torch.tensor([len(t) for t in token_lists], dtype=torch.long)
+    return tokens.to(device), lengths.to(device)
+
+
+@torch.no_grad()
+def predict_batch(model: RefSegNetwork, image: np.ndarray, token_lists: list[list[int]],
+                  device: str | torch.device | None = None) -> np.ndarray:
+    """One image, many expressions -> float32 [K, H, W] sigmoid probabilities at the image size."""
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    if next(model.parameters()).device != dev:
+        model = prepare_model(model, dev)
+    was_training = model.training
+    model.eval()
+    h, w = np.asarray(image).shape[:2]
+    x = _image_tensor(image, model.cfg.input_size, dev)
+    tokens, lengths = _tokens_tensor(token_lists, dev)
+    index = torch.zeros(len(token_lists), dtype=torch.long, device=dev)
+    if dev.type == "cuda" and model.cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast_context(dev, model.cfg.amp_bf16):
+        logits = model(x, tokens, lengths, index)["logits"]
+    prob = torch.sigmoid(F.interpolate(logits.float(), size=(h, w), mode="bilinear",
+                                       align_corners=False))
+    if was_training:
+        model.train()
+    return prob[:, 0].cpu().numpy().astype(np.float32)
+
+
+def predict(model: RefSegNetwork, image: np.ndarray, tokens: list[int],
+            device: str | torch.device | None = None) -> np.ndarray:
+    """float32 HxW probability that each pixel belongs to the referred object."""
+    return predict_batch(model, image, [list(tokens)], device)[0]
