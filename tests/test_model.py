@@ -441,6 +441,6 @@ def test_small_preset_overfits_synthetic_shapes():
             model.train()
             gt = masks > 0.5
             iou = float((pred & gt).sum() / (pred | gt).sum())
-            if iou > 0.9 or time.time() - t0 > 40:
+            if iou > 0.9:  # a step budget, not a wall-clock limit
                 break
     assert iou > 0.9, f"overall IoU {iou:.3f} after {step} steps ({time.time() - t0:.1f} s)"
