@@ -88,7 +88,7 @@ def _check_column(name: str, values: pd.Series) -> None:
                 raise ManifestError(f"{where(i)}: bbox values must be numbers ({exc})") from None
     elif name == "mask":
         for i, v in enumerate(values):
-            if not isinstance(v, dict) or set(v) < {"size", "counts"}:
+            if not isinstance(v, dict) or not {"size", "counts"} <= set(v):
                 raise ManifestError(f"{where(i)}: expected a COCO RLE {{size, counts}}, got {v!r:.80}")
             size = list(v["size"]) if v["size"] is not None else []
             if len(size) != 2 or not all(int(s) > 0 for s in size):

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, PermissionError, ValueError, _user_errors()) as exc:
+    except (FileNotFoundError, PermissionError, ValueError, *_user_errors()) as exc:
         # Errors about the user's input: one clear line, no traceback (REFSEG_DEBUG=1 shows it).
         if os.environ.get("REFSEG_DEBUG"):
             raise
@@ -90,9 +90,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    import pickle
+
     from components.storage import StorageError
 
-    return (StorageError,)
+    return (StorageError, pickle.UnpicklingError)
 
 
 if __name__ == "__main__":
