@@ -1,0 +1,109 @@
+"""``refseg predict``: one image + one expression -> mask PNG, overlay PNG, score, language.
+
+``--model`` is an MLflow model URI (``models:/bilingual-refseg-zh@champion``, ``runs:/...``,
+``models:/m-...``) loaded through ``mlflow.pyfunc``, or a local checkpoint file (``best.pt``)
+used directly with ``--tokenizer DIR`` (no MLflow server needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True,
+                   help="models:/NAME@ALIAS (or any MLflow model URI), or a local checkpoint .pt")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer folder (required with a local checkpoint)")
+    p.add_argument("--image", required=True, help="PNG/JPEG file")
+    p.add_argument("--text", required=True, help="referring expression (Chinese or English)")
+    p.add_argument("--lang", choices=("zh", "en"), default=None,
+                   help="language of --text (default: detected)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="probability threshold (default: the model's, 0.5)")
+    p.add_argument("--out", default="mask.png",
+                   help="mask PNG to write; the overlay goes next to it as <stem>.overlay.png")
+    p.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI")
+
+
+def overlay_path(out: str) -> str:
+    stem, _ = os.path.splitext(out)
+    return f"{stem}.overlay.png"
+
+
+def make_overlay(image, mask, color=(255, 0, 64), alpha=0.5):
+    """uint8 HxWx3 image and HxW 0/1 mask -> uint8 HxWx3 with the mask tinted and outlined."""
+    import numpy as np
+
+    img = np.asarray(image, dtype=np.float32)
+    m = np.asarray(mask).astype(bool)
+    out = img.copy()
+    out[m] = (1 - alpha) * img[m] + alpha * np.asarray(color, dtype=np.float32)
+    # 1-pixel outline: mask pixels with a non-mask 4-neighbour.
+    pad = np.pad(m, 1, constant_values=False)
+    inner = pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:]
+    out[m & ~inner] = color
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def _is_local_checkpoint(model: str) -> bool:
+    return os.path.isfile(model) and not model.startswith(("models:/", "runs:/"))
+
+
+def load_model(model: str, tokenizer: str | None = None, tracking_uri: str | None = None):
+    """Something with ``.predict(DataFrame, params=...)`` returning the pyfunc's output frame."""
+    if _is_local_checkpoint(model):
+        if not tokenizer:
+            raise ValueError(f"--model {model} is a local checkpoint: pass --tokenizer DIR "
+                             "(the training run's tokenizer/ folder)")
+        from components.pyfunc_model import RefSegPredictor
+
+        pred = RefSegPredictor(model, tokenizer)
+
+        class _Local:
+            def predict(self, df, params=None):
+                return pred.predict_frame(df, (params or {}).get("threshold"))
+
+        return _Local()
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.pyfunc.load_model(model)
+
+
+def run(args) -> int:
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from components.pyfunc_model import decode_image, decode_mask_png
+
+    if not os.path.isfile(args.image):
+        raise FileNotFoundError(f"--image {args.image}: no such file")
+    with open(args.image, "rb") as fh:
+        raw = fh.read()
+    image = decode_image(raw, row=args.image)
+    df = pd.DataFrame({"image": [raw], "text": [args.text], "lang": [args.lang]})
+    if args.lang is None:
+        df = df.drop(columns=["lang"])
+    model = load_model(args.model, args.tokenizer, args.tracking_uri)
+    params = {"threshold": float(args.threshold)} if args.threshold is not None else None
+    res = model.predict(df, params=params).iloc[0]
+    mask = decode_mask_png(res["mask_png"])
+    if mask.shape != image.shape[:2]:
+        raise RuntimeError(f"mask {mask.shape} does not match the image {image.shape[:2]}")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(folder, exist_ok=True)
+    Image.fromarray((mask * 255).astype(np.uint8)).save(args.out)
+    ov = overlay_path(args.out)
+    Image.fromarray(make_overlay(image, mask)).save(ov)
+    print(f"lang: {res['lang']}")
+    print(f"score: {float(res['score']):.4f}")
+    print(f"mask: {args.out} ({int(mask.sum())} of {mask.size} pixels)")
+    print(f"overlay: {ov}")
+    if res.get("warning"):
+        print(f"warning: {res['warning']}", file=sys.stderr)
+    return 0
