@@ -150,7 +150,8 @@ def print_results(res: dict, root: str, tracking_uri: str, split: str = "val") -
 
 def run_pipeline(manifest_uri: str, root: str = "runs/local", languages=("zh", "en"),
                  preset: str = "small", train_steps: int = 0, crf: bool = True,
-                 eval_split: str = "val", margin: float = 0.0, max_fail_rate: float = 0.05,
+                 eval_split: str = "val", margin: float = 0.0, floor: float = 0.3,
+                 max_fail_rate: float = 0.05,
                  seed: int = 0, zh_vectors: str = "", en_vectors: str = "",
                  verbose: bool = False) -> dict:
     from kfp import local
@@ -175,6 +176,7 @@ def run_pipeline(manifest_uri: str, root: str = "runs/local", languages=("zh", "
             refseg_pipeline(
                 manifest_uri=manifest_uri, languages=list(languages), preset=preset,
                 train_steps=train_steps, crf=crf, eval_split=eval_split, promotion_margin=margin,
+                promotion_floor=floor,
                 max_fail_rate=max_fail_rate, mlflow_uri=tracking_uri, zh_vectors=zh_vectors,
                 en_vectors=en_vectors, seed=seed,
             )
@@ -200,6 +202,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-crf", action="store_true", help="evaluate without DenseCRF")
     p.add_argument("--split", default="val", help="evaluation split (default val)")
     p.add_argument("--margin", type=float, default=0.0, help="promotion margin on the gate metric")
+    p.add_argument("--floor", type=float, default=0.3,
+                   help="a first model becomes champion only above this gate value (default 0.3)")
     p.add_argument("--max-fail-rate", type=float, default=0.05, help="translation gate threshold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--zh-vectors", default="", help="pretrained Chinese word vectors (optional)")
@@ -214,7 +218,7 @@ def run(args) -> int:
         raise ValueError(f"unknown language(s) {bad}; use zh and/or en")
     res = run_pipeline(args.manifest, root=args.root, languages=langs, preset=args.preset,
                        train_steps=args.train_steps, crf=not args.no_crf, eval_split=args.split,
-                       margin=args.margin, max_fail_rate=args.max_fail_rate, seed=args.seed,
+                       margin=args.margin, floor=args.floor, max_fail_rate=args.max_fail_rate, seed=args.seed,
                        zh_vectors=args.zh_vectors, en_vectors=args.en_vectors, verbose=args.verbose)
     print(f"pipeline finished in {res['seconds']} s")
     print_results(res, args.root, res["tracking_uri"], args.split)

@@ -33,6 +33,7 @@ def refseg_pipeline(
     crf: bool = True,
     eval_split: str = "val",
     promotion_margin: float = 0.0,
+    promotion_floor: float = 0.3,
     max_fail_rate: float = 0.05,
     mlflow_uri: str = "",
     zh_vectors: str = "",
@@ -62,6 +63,7 @@ def refseg_pipeline(
         ev.set_cpu_limit("8").set_memory_limit("16G")
 
         reg = register_op(run_id=tr.outputs["Output"], margin=promotion_margin,
+                          floor=promotion_floor,
                           mlflow_uri=mlflow_uri, pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         reg.after(ev)
         reg.set_display_name("register").set_caching_options(False)

@@ -131,18 +131,23 @@ def evaluate_op(
 def register_op(
     run_id: str,
     margin: float,
+    floor: float,
     mlflow_uri: str,
     pipeline_run: str,
-) -> NamedTuple("Registration", [("name", str), ("version", str), ("champion", bool)]):
-    """Register the run's model and move the ``champion`` alias when it wins the gate."""
+) -> NamedTuple("Registration", [("name", str), ("version", str), ("status", str),
+                                 ("champion", bool), ("reason", str)]):
+    """Register the run's model and move the ``champion`` alias when it wins the gate.
+
+    A refused model (NaN gate metric) is not an error of the pipeline: the step reports it."""
     import os
     from collections import namedtuple
 
     if mlflow_uri:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_uri
-    os.environ["REFSEG_PIPELINE_RUN"] = pipeline_run
     from components.register import register
 
-    r = register(run_id, margin=margin)
-    out = namedtuple("Registration", ["name", "version", "champion"])
-    return out(r["name"], str(r["version"]), bool(r["champion"]))
+    r = register(run_id, margin=margin, floor=floor, pipeline_run=pipeline_run)
+    print(f"[register] {r['name']} v{r['version']}: {r['status']} ({r['reason']})", flush=True)
+    out = namedtuple("Registration", ["name", "version", "status", "champion", "reason"])
+    version = "" if r["version"] is None else str(r["version"])
+    return out(r["name"], version, str(r["status"]), bool(r["champion"]), str(r["reason"] or ""))
