@@ -1,0 +1,284 @@
+"""The train step (components/train.py) on the synthetic set after the real tokenize step, with a
+tiny network (small preset, narrowed by overrides) on CPU: it learns; SIGKILL and SIGTERM runs
+resume to bit-identical weights; a 2-process gloo DDP run matches the single-process run on the
+same global batch; MLflow (SQLite in tmp_path) holds params, metric history and artifacts; a NaN
+loss stops with a clear message. Budget: under 4 minutes on 2 cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from components.train import NonFiniteLossError, load_resume, resolve_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+# small preset narrowed for tests; the embedding size comes from tokenize (16-d below)
+TINY = dict(input_size=64, backbone_widths=[8, 8, 16, 16], c_v=16, c_l=16, c_m=16,
+            convlstm_hidden=8, mutan_rank=2, le_reduction=4, batch_images=4, num_workers=0,
+            log_every=1, warmup_steps=0)
+# the small preset at 128 px, single level (Res3, no CLAF/ConvLSTM): learns within a CPU minute
+LEARN = dict(levels=["res3"], use_claf=False, lr=3e-3, warmup_steps=20, batch_images=8,
+             val_max_images=40)
+
+
+@pytest.fixture(scope="module")
+def data_dir(synth_dataset, tmp_path_factory):
+    from components.tokenize import tokenize
+
+    out = tmp_path_factory.mktemp("tok")
+    tokenize(str(Path(synth_dataset) / "manifest.parquet"), str(out), zh_dim=16, en_dim=16,
+             w2v_epochs=1)
+    return out
+
+
+@pytest.fixture()
+def sqlite_uri(tmp_path):
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _baselines(data_dir: Path, lang: str, size: int) -> tuple[float, float]:
+    """Overall IoU of the empty prediction (0) and of predicting the whole image."""
+    from components.refdata import RefDataset
+
+    ds = RefDataset(str(data_dir), lang, "val", size)
+    fg = sum(float(ds[i]["masks"].sum()) for i in range(len(ds)))
+    return 0.0, fg / (ds.num_expressions * size * size)
+
+
+def _cli(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train", *args], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _sets(d: dict) -> list[str]:
+    out = []
+    for k, v in d.items():
+        out += ["--set", f"{k}={json.dumps(v)}"]
+    return out
+
+
+def _wait_for_resume(path: Path, proc: subprocess.Popen, min_step: int, timeout: float = 120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.communicate()}")
+        if path.exists():
+            try:
+                if int(load_resume(str(path))["step"]) >= min_step:
+                    return
+            except (ValueError, RuntimeError, EOFError):
+                pass  # being replaced right now
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"no {path} at step >= {min_step} within {timeout} s")
+
+
+# ------------------------------------------------------------------------------------------------
+def test_learns_and_tracks_in_mlflow(tmp_path_factory, tmp_path, sqlite_uri, capsys):
+    """The small preset (single level, as measured in docs/readme/train.md) learns well above the
+    empty and whole-image baselines on a 300-image synthetic set; the run folder follows the
+    contract; MLflow holds params, the loss history and the artifacts."""
+    import mlflow
+
+    from components.synth import generate
+    from components.tokenize import tokenize
+
+    src = tmp_path_factory.mktemp("synth300")
+    generate(str(src), n_images=300, seed=11)
+    data_dir = tmp_path_factory.mktemp("tok300")
+    tokenize(str(src / "manifest.parquet"), str(data_dir), zh_dim=16, en_dim=16, w2v_epochs=2)
+    out = tmp_path / "run"
+    steps = 600
+    s = train(str(data_dir), "en", "small", str(out), steps=steps, seed=0,
+              overrides=dict(LEARN, val_every=300, num_workers=0, log_every=1),
+              tracking_uri=sqlite_uri, quiet=True)
+    empty, whole = _baselines(data_dir, "en", 128)
+    best = s["best_val_overall_iou"]
+    ious = [h["val_overall_iou"] for h in s["history"]]
+    assert len(ious) == 2 and best == max(ious)
+    assert best > max(0.2, 3 * whole, empty + 0.2), (best, whole, ious)
+    printed = capsys.readouterr().out
+    assert printed.count("val_overall_iou") == 2  # --quiet: one line per validation
+    for f in ("checkpoints/best.pt", "checkpoints/last.pt", "resume.pt", "summary.json",
+              "run_id.txt", "tokenizer/vocab_en.json", "tokenizer/tokenizer.json"):
+        assert (out / f).is_file(), f
+    from model import load_checkpoint
+
+    _, cfg, extra = load_checkpoint(str(out / "checkpoints" / "best.pt"))
+    assert cfg.input_size == 128 and cfg.levels == ["res3"] and cfg.embed_dim == 16
+    assert extra["lang"] == "en" and extra["vocab"] == "vocab_en.json"
+    assert extra["val_overall_iou"] == pytest.approx(best)
+    assert extra["data_fingerprint"] == s["data_fingerprint"] and len(s["data_fingerprint"]) == 64
+    run_id = (out / "run_id.txt").read_text().strip()
+    assert run_id == s["run_id"]
+
+    client = mlflow.MlflowClient(tracking_uri=sqlite_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "bilingual-refseg"
+    p = run.data.params
+    assert p["lang"] == "en" and p["seed"] == "0" and p["world_size"] == "1"
+    assert p["train.lr"] == "0.003" and p["model.c_m"] == "64" and p["model.input_size"] == "128"
+    assert p["data_fingerprint"] == s["data_fingerprint"]
+    assert p["git_commit"] == "unknown" or len(p["git_commit"]) == 40
+    assert run.data.tags["device_type"] == "cpu"
+    loss = client.get_metric_history(run_id, "loss")
+    assert [m.step for m in sorted(loss, key=lambda m: m.step)] == list(range(1, steps + 1))
+    assert np.mean([m.value for m in loss if m.step > steps - 50]) < np.mean(
+        [m.value for m in loss if m.step <= 50])
+    assert len(client.get_metric_history(run_id, "lr")) == steps
+    assert client.get_metric_history(run_id, "throughput_expr_per_s")[0].value > 0
+    val = client.get_metric_history(run_id, "val_overall_iou")
+    assert [m.step for m in sorted(val, key=lambda m: m.step)] == [300, 600]
+    for k in ("val_mean_iou", "val_prec_50", "val_prec_90"):
+        assert k in run.data.metrics
+    arts = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    assert "checkpoints/best.pt" in arts
+    toks = {a.path for a in client.list_artifacts(run_id, "tokenizer")}
+    assert "tokenizer/vocab_en.json" in toks
+
+
+# ------------------------------------------------------------------------------------------------
+RESUME_CFG = dict(TINY, resume_every=2, val_every=4, lr=2e-3)
+RESUME_STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+    """An uninterrupted deterministic run (in this process)."""
+    out = tmp_path_factory.mktemp("ref")
+    uri = f"sqlite:///{out}/mlflow.db"
+    train(str(data_dir), "zh", "small", str(out / "run"), steps=RESUME_STEPS, seed=1,
+          overrides=RESUME_CFG, tracking_uri=uri, quiet=True, deterministic=True)
+    return out / "run"
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_interrupted_run_resumes_to_identical_weights(sig, data_dir, reference, tmp_path,
+                                                      sqlite_uri):
+    import mlflow
+
+    out = tmp_path / "run"
+    args = ["--data", str(data_dir), "--lang", "zh", "--config", "small", "--out", str(out),
+            "--steps", str(RESUME_STEPS), "--seed", "1", "--deterministic", "--quiet",
+            "--tracking-uri", sqlite_uri, *_sets(RESUME_CFG)]
+    proc = _cli(args)
+    _wait_for_resume(out / "resume.pt", proc, min_step=4)
+    proc.send_signal(getattr(signal, sig))
+    stdout, stderr = proc.communicate(timeout=120)
+    st = load_resume(str(out / "resume.pt"))
+    assert 4 <= st["step"] < RESUME_STEPS
+    if sig == "SIGTERM":
+        assert proc.returncode == 143, stderr
+        assert "SIGTERM: state saved" in stderr and "Traceback" not in stderr
+        assert not (out / "checkpoints" / "last.pt").exists()
+        assert json.loads((out / "summary.json").read_text())["interrupted"] is True
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    # the resume file holds everything, loadable with weights_only=True
+    assert {"model", "optimizer", "scheduler", "rng", "epoch", "items_in_epoch", "run_id",
+            "step"} <= set(st)
+    assert isinstance(st["rng"]["torch"], torch.Tensor)
+    run_id = st["run_id"]
+    # restart: same OUT -> same MLflow run, continues from resume.pt
+    s = train(str(data_dir), "zh", "small", str(out), steps=RESUME_STEPS, seed=1,
+              overrides=RESUME_CFG, tracking_uri=sqlite_uri, quiet=True, deterministic=True)
+    assert s["run_id"] == run_id and s["steps"] == RESUME_STEPS and not s["interrupted"]
+    a, b = _state(reference / "checkpoints" / "last.pt"), _state(out / "checkpoints" / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    client = mlflow.MlflowClient(tracking_uri=sqlite_uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    steps = {m.step for m in client.get_metric_history(run_id, "loss")}
+    assert steps == set(range(1, RESUME_STEPS + 1))
+
+
+# ------------------------------------------------------------------------------------------------
+def test_ddp_two_processes_match_single_process(data_dir, tmp_path):
+    """torchrun, 2 gloo processes with 2 images each == 1 process with 4 images per step."""
+    cfg = dict(TINY, backbone_frozen=True, val_every=3, resume_every=100, lr=1e-3)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    single = train(str(data_dir), "en", "small", str(tmp_path / "one"), steps=3, seed=2,
+                   overrides=dict(cfg, batch_images=4), tracking_uri=uri, quiet=True,
+                   deterministic=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--standalone", "-m", "pipelines.cli", "train", "--data", str(data_dir),
+           "--lang", "en", "--config", "small", "--out", str(tmp_path / "two"), "--steps", "3",
+           "--seed", "2", "--deterministic", "--quiet", "--tracking-uri", uri,
+           *_sets(dict(cfg, batch_images=2))]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert two["world_size"] == 2 and two["steps"] == 3
+    assert r.stdout.count("val_overall_iou") == 1  # only rank 0 prints
+    a = _state(tmp_path / "one" / "checkpoints" / "last.pt")
+    b = _state(tmp_path / "two" / "checkpoints" / "last.pt")
+    moved = 0
+    init = None
+    for k in a:
+        if not a[k].is_floating_point():
+            continue
+        diff = (a[k] - b[k]).abs().max().item()
+        assert diff < 2e-4, (k, diff)
+        moved += 1
+    assert moved > 10 and init is None
+    assert two["history"][0]["val_overall_iou"] == pytest.approx(
+        single["history"][0]["val_overall_iou"], abs=0.02)
+
+
+# ------------------------------------------------------------------------------------------------
+def test_nan_loss_stops_with_message(data_dir, tmp_path, sqlite_uri):
+    import mlflow
+
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3 .*no weights"):
+        train(str(data_dir), "en", "small", str(out), steps=10, seed=0,
+              overrides=dict(TINY, debug_nan_at_step=3, resume_every=2, val_every=100),
+              tracking_uri=sqlite_uri, quiet=True)
+    assert not (out / "checkpoints").exists()
+    assert load_resume(str(out / "resume.pt"))["step"] == 2  # the last good state
+    run_id = (out / "run_id.txt").read_text().strip()
+    run = mlflow.MlflowClient(tracking_uri=sqlite_uri).get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["failure"] == "non-finite loss"
+    # the CLI prints one line and exits 1
+    from pipelines.cli import main
+
+    rc = main(["train", "--data", str(data_dir), "--lang", "en", "--out", str(tmp_path / "cli"),
+               "--steps", "5", "--quiet", "--tracking-uri", sqlite_uri,
+               *_sets(dict(TINY, debug_nan_at_step=1))])
+    assert rc == 1
+
+
+def test_config_resolution_and_errors(data_dir, tmp_path):
+    m, t, _ = resolve_config("small", {"lr": 1e-3, "c_m": 32, "val_every": 7}, seed=5)
+    assert (t.lr, t.val_every, m.c_m, m.seed, m.name) == (1e-3, 7, 32, 5, "small")
+    m, t, _ = resolve_config("paper")
+    assert t.lr == 2.5e-4 and m.input_size == 320 and t.batch_images == 1
+    y = tmp_path / "c.yaml"
+    y.write_text("base: small\ninput_size: 96\nlr: 0.01\ntrain:\n  steps: 42\n")
+    m, t, _ = resolve_config(str(y))
+    assert (m.input_size, t.lr, t.steps, t.batch_images) == (96, 0.01, 42, 8)
+    with pytest.raises(ValueError, match="unknown ModelConfig keys"):
+        resolve_config("small", {"no_such_key": 1})
+    with pytest.raises(ValueError, match="neither a preset"):
+        resolve_config("tiny")
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        resolve_config("small", steps=0)
+    with pytest.raises(FileNotFoundError, match="vocab_fr|no vocabulary|lang"):
+        train(str(tmp_path), "en", "small", str(tmp_path / "o"), steps=1)
