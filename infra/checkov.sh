@@ -14,9 +14,12 @@ venv="${CHECKOV_VENV:-${root}/.venv-checkov}"
 version="${CHECKOV_VERSION:-3.3.30}"
 python="${PYTHON:-python3}"
 
-if [[ ! -x "${venv}/bin/checkov" ]]; then
-  echo "infra/checkov.sh: creating ${venv} (checkov==${version})" >&2
-  "${python}" -m venv "${venv}"
+# Reuse the venv only when it really holds this checkov version (a folder copied without its
+# site-packages, an interrupted install or another version is rebuilt from scratch: --clear).
+if ! "${venv}/bin/python" -c "import sys, checkov.version as v; sys.exit(v.version != sys.argv[1])" \
+     "${version}" >/dev/null 2>&1 || [[ ! -x "${venv}/bin/checkov" ]]; then
+  echo "infra/checkov.sh: creating ${venv} (checkov==${version}; about 30 s)" >&2
+  "${python}" -m venv --clear "${venv}"
   "${venv}/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==${version}" >&2
 fi
 

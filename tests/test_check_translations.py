@@ -1,0 +1,316 @@
+"""check_translations: planted faults of every kind are quarantined with the right reason, clean rows
+pass, counts reconcile, the Data Docs report names the failing expectations, the gate stops a run
+over the threshold, the synthetic dataset gives zero flags. Budget: under 60 s for the file (three
+Great Expectations runs; the rest calls the per-row checks directly)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from components import check_translations as ct
+from components import manifest as mf
+from components import zh
+
+
+def write_raw_manifest(df: pd.DataFrame, path: str) -> str:
+    """Write a manifest WITHOUT validation (write_manifest refuses duplicate ids), as a broken
+    upstream tool would."""
+    arrays = [pa.array(df[name].tolist(), type=typ) for name, typ in mf.COLUMNS.items()]
+    schema = pa.schema([pa.field(n, t) for n, t in mf.COLUMNS.items()],
+                       metadata={mf.SCHEMA_VERSION_KEY: mf.SCHEMA_VERSION.encode()})
+    pq.write_table(pa.Table.from_arrays(arrays, schema=schema), path)
+    return path
+
+
+def _tokens(text: str) -> set[str]:
+    return set(zh.english_tokens(text))
+
+
+def plant_faults(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Plant one fault of every kind; returns the frame and
+    {fault: (row indices, expected check, words expected in the reason)}."""
+    df = df.copy()
+    used: set[int] = set()
+
+    def pick(cond) -> int:
+        for i, row in df.iterrows():
+            if i not in used and cond(row):
+                used.add(i)
+                return i
+        raise AssertionError("no row fits the fault")
+
+    planted: dict[str, tuple[list[int], str, str]] = {}
+    i = pick(lambda r: "left" in _tokens(r.text_en) and "左" in r.text_zh and "右" not in r.text_zh
+             and "right" not in _tokens(r.text_en))
+    df.at[i, "text_zh"] = df.at[i, "text_zh"].replace("左", "右")
+    planted["swapped left/right"] = ([i], "meaning", "contradiction")
+    i = pick(lambda r: "red" in _tokens(r.text_en) and "红" in r.text_zh
+             and "blue" not in _tokens(r.text_en))
+    df.at[i, "text_zh"] = df.at[i, "text_zh"].replace("红", "蓝")
+    planted["colour changed"] = ([i], "meaning", "contradiction")
+    i = pick(lambda r: True)
+    df.at[i, "text_zh"] = df.at[i, "text_zh"].encode("utf-8").decode("latin-1")
+    planted["mojibake latin-1"] = ([i], "script", "mojibake")
+    i = pick(lambda r: len(r.text_zh) >= 4)
+    df.at[i, "text_zh"] = df.at[i, "text_zh"].encode("utf-8").decode("gbk", errors="replace")
+    planted["mojibake gbk"] = ([i], "script", "mojibake")
+    i = pick(lambda r: True)
+    df.at[i, "text_zh"] = df.at[i, "text_en"]
+    planted["untranslated sentence"] = ([i], "script", "untranslated English")
+    i = pick(lambda r: True)
+    df.at[i, "text_zh"] = "   "
+    planted["empty translation"] = ([i], "completeness", "empty")
+    i = pick(lambda r: len(zh.english_tokens(r.text_en)) >= 7)
+    df.at[i, "text_zh"] = "圆形"
+    planted["truncated translation"] = ([i], "length", "ratio out of band")
+    # collapsed duplicate: object B of an image gets object A's Chinese text
+    a = b = None
+    for _, grp in df[~df.index.isin(used)].groupby("image_id"):
+        anns = grp.drop_duplicates("ann_id")
+        if len(anns) >= 2:
+            a, b = anns.index[:2]
+            break
+    assert a is not None
+    used.update((a, b))
+    df.at[b, "text_zh"] = df.at[a, "text_zh"]
+    planted["collapsed duplicate"] = ([a, b], "duplicates", "same zh text")
+    # schema faults
+    i, j = pick(lambda r: True), pick(lambda r: True)
+    df.at[j, "sample_id"] = df.at[i, "sample_id"]
+    planted["duplicate id"] = ([i, j], "schema", "duplicate id")
+    i = pick(lambda r: True)
+    w = df.at[i, "mask"]["size"][1]
+    df.at[i, "bbox"] = [float(w - 5), 2.0, 20.0, 10.0]
+    planted["bbox outside"] = ([i], "schema", "bbox")
+    i = pick(lambda r: True)
+    m = dict(df.at[i, "mask"])
+    df.at[i, "mask"] = {"size": m["size"], "counts": m["counts"][: len(m["counts"]) // 2] + "!!"}
+    planted["undecodable mask"] = ([i], "schema", "mask not decodable")
+    i = pick(lambda r: True)
+    df.at[i, "split"] = "dev"
+    planted["unknown split"] = ([i], "schema", "unknown split")
+    return df, planted
+
+
+@pytest.fixture(scope="module")
+def planted_run(synth_dataset, tmp_path_factory):
+    """One Great Expectations run on the synthetic manifest with every fault planted."""
+    base = mf.read_manifest(str(Path(synth_dataset) / "manifest.parquet"))
+    df, planted = plant_faults(base)
+    root = tmp_path_factory.mktemp("check")
+    path = write_raw_manifest(df, str(root / "faulty.parquet"))
+    out = root / "out"
+    result = ct.check_translations(path, str(out), max_fail_rate=0.05, progress=False)
+    return {"df": df, "planted": planted, "out": out, "result": result, "path": path}
+
+
+def test_every_planted_fault_is_quarantined_with_its_reason(planted_run):
+    q = pq.read_table(planted_run["out"] / "quarantine.parquet").to_pandas()
+    df = planted_run["df"]
+    assert {"row", "checks", "reasons"} <= set(q.columns) and set(mf.COLUMNS) <= set(q.columns)
+    by_row = {r.row: r for r in q.itertuples()}
+    for fault, (rows, check, words) in planted_run["planted"].items():
+        for i in rows:
+            assert i in by_row, f"{fault}: row {i} ({df.at[i, 'sample_id']}) not quarantined"
+            got = by_row[i]
+            assert got.sample_id == df.at[i, "sample_id"] and got.text_zh == df.at[i, "text_zh"]
+            assert check in list(got.checks), f"{fault}: checks {list(got.checks)}"
+            mine = [x for x in got.reasons if x.startswith(check + ": ")]
+            assert any(words in x for x in mine), f"{fault}: reasons {list(got.reasons)}"
+
+
+def test_specific_reasons_name_the_terms(planted_run):
+    q = pq.read_table(planted_run["out"] / "quarantine.parquet").to_pandas()
+    reasons = [x for rs in q["reasons"] for x in rs]
+    assert any(re.search(r"contradiction: en says left but zh says right\(右\)", x) for x in reasons)
+    assert any(re.search(r"contradiction: en says red but zh says blue\(蓝\)", x) for x in reasons)
+    assert any("UTF-8 read as Latin-1" in x for x in reasons)
+    assert any("UTF-8 read as GBK" in x or "U+FFFD" in x for x in reasons)
+    assert any("unknown split: 'dev'" in x for x in reasons)
+
+
+def test_clean_rows_pass_and_counts_reconcile(planted_run):
+    df, res, out = planted_run["df"], planted_run["result"], planted_run["out"]
+    planted_rows = {i for rows, _, _ in planted_run["planted"].values() for i in rows}
+    clean = mf.read_manifest(str(out / "clean.parquet"))
+    q = pq.read_table(out / "quarantine.parquet")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows_in"] == len(df) == summary["rows_clean"] + summary["rows_quarantined"]
+    assert summary["rows_clean"] == len(clean) == len(df) - len(planted_rows)
+    assert summary["rows_quarantined"] == q.num_rows == len(planted_rows)
+    assert set(clean["sample_id"]) == set(df.drop(index=list(planted_rows))["sample_id"])
+    assert list(clean.columns[: len(mf.COLUMNS)]) == list(mf.COLUMNS)
+    for key in ("rows_in", "rows_clean", "rows_quarantined", "report"):
+        assert res[key] == summary[key]
+    assert summary["per_check"]["meaning"] >= 2 and summary["per_check"]["schema"] == 5
+    assert summary["per_check"]["duplicates"] == 2 and summary["per_check"]["completeness"] == 1
+    assert summary["gate"] == "pass" and summary["fail_rate"] == pytest.approx(
+        len(planted_rows) / len(df), abs=1e-6)
+
+
+def test_report_names_failing_expectations_and_rows(planted_run):
+    res = planted_run["result"]
+    assert res["report"].endswith("index.html") and os.path.isfile(res["report"])
+    assert Path(res["report"]).is_relative_to(planted_run["out"] / "gx")
+    page = Path(res["validation_page"]).read_text(encoding="utf-8")
+    for check in ct.CHECKS:
+        assert ct.CHECK_DESCRIPTIONS[check].split(":")[0] in page
+    assert "translation_checks" in page
+    df = planted_run["df"]
+    i = planted_run["planted"]["swapped left/right"][0][0]
+    assert df.at[i, "sample_id"] in page  # failing rows are listed by id
+    exp = res["great_expectations"]["expectations"]
+    assert not res["great_expectations"]["success"]
+    for check in ct.CHECKS:
+        assert exp[check]["expectation"] == "expect_column_values_to_be_null"
+        assert exp[check]["success"] is False and exp[check]["unexpected_count"] >= 1
+    assert exp["sample_id_unique"]["unexpected_count"] == 2
+
+
+def test_gate_stops_over_threshold_from_the_cli(planted_run, tmp_path, capsys):
+    from pipelines.cli import main
+
+    out = tmp_path / "gate"
+    rc = main(["check-translations", "--manifest", planted_run["path"], "--out", str(out),
+               "--max-fail-rate", "0.01"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    n_bad = planted_run["result"]["rows_quarantined"]
+    n = planted_run["result"]["rows_in"]
+    assert re.search(rf"refseg: error: check-translations gate: {n_bad} of {n} rows fail "
+                     rf"\({n_bad / n:.2%}\), over the threshold max_fail_rate=1\.00%; top reasons: "
+                     r"\w+/", err), err
+    assert err.count("\n") == 1
+    # the outputs are written before the gate fails
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["gate"] == "fail" and summary["rows_quarantined"] == n_bad
+    assert (out / "clean.parquet").is_file() and (out / "quarantine.parquet").is_file()
+    assert Path(summary["report"]).is_file()
+
+
+def test_synthetic_dataset_gives_no_flag_through_the_cli(synth_dataset, tmp_path, capsys):
+    from pipelines.cli import main
+
+    out = tmp_path / "synth"
+    rc = main(["check-translations", "--manifest", str(Path(synth_dataset) / "manifest.parquet"),
+               "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows_quarantined"] == 0, summary["examples"]
+    assert summary["per_check"] == {c: 0 for c in ct.CHECKS}
+    assert summary["great_expectations"]["success"] is True
+    assert summary["rows_clean"] == summary["rows_in"] == len(
+        mf.read_manifest(str(out / "clean.parquet")))
+    assert "0 quarantined" in text and "report" in text
+
+
+# ------------------------------------------------------------------------------------------------
+# The per-row checks without Great Expectations (fast)
+def _pairs_frame(pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    rle = mf.encode_mask(np.pad(np.ones((4, 4), np.uint8), 2))
+    return pd.DataFrame([{
+        "sample_id": f"t/{k}", "dataset": "t", "split": "train", "image_id": k, "image_uri": "x.png",
+        "ref_id": k, "ann_id": k, "category": "thing", "bbox": [2.0, 2.0, 4.0, 4.0], "mask": rle,
+        "text_en": en, "text_zh": zh_} for k, (en, zh_) in enumerate(pairs)])
+
+
+def test_meaning_and_script_on_hand_made_pairs():
+    pairs = [
+        ("the man on the left in a red shirt", "左边穿红色衬衫的男人"),    # ok
+        ("woman in a white T shirt", "穿白色T恤的女人"),                 # ok: T allowed
+        ("the man on the left", "右边的男人"),                          # contradiction
+        ("the two dogs", "三只狗"),                                     # number contradiction
+        ("the woman at the top", "上面的男人"),                         # gender contradiction
+        ("pink umbrella", "粉红色的伞"),                                # ok: 粉红 is not red
+        ("the zebra", "斑马"),                                          # ok: 斑马 is no horse
+        ("the triangle", "三角形"),                                     # ok: 三角 is no three
+        ("the dog", "狗 jacket 的"),                                     # untranslated
+        ("the dog", "那只狗\ufffd"),                                     # replacement character
+        ("the elephant", "锟斤拷大象"),                                   # GBK mojibake
+    ]
+    reasons, _ = ct.compute_checks(_pairs_frame(pairs), log=lambda *a: None)
+    flat = [[f"{c}: {r}" for c in ct.CHECKS for r in reasons[c].iat[i]] for i in range(len(pairs))]
+    assert flat[0] == [] and flat[1] == [] and flat[5] == [] and flat[6] == [] and flat[7] == []
+    assert any("contradiction: en says left" in x for x in flat[2])
+    assert any("contradiction: en says two but zh says three" in x for x in flat[3])
+    assert any("contradiction: en says female but zh says male" in x for x in flat[4])
+    assert any("untranslated English: 'jacket'" in x for x in flat[8])
+    assert any("U+FFFD" in x for x in flat[9])
+    assert any("UTF-8 read as GBK" in x for x in flat[10])
+
+
+def test_lexicon_is_extendable_and_errors_name_the_line(tmp_path):
+    extra = tmp_path / "mine.tsv"
+    extra.write_text("# mine\nstar\tstar\tboth\tstar|stars\t五角星|星形\n", encoding="utf-8")
+    lex = ct.load_lexicon([ct.DEFAULT_LEXICON, str(extra)])
+    assert "star" in lex.concepts and "left" in lex.concepts
+    df = _pairs_frame([("the red star", "红色的圆形"), ("the stars", "五角星")])
+    reasons, _ = ct.compute_checks(df, lexicon=lex, log=lambda *a: None)
+    assert any("en 'star' has no 五角星" in x for x in reasons["meaning"].iat[0])
+    assert reasons["meaning"].iat[1] == []
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("# c\ncolour\tteal\tsometimes\tteal\t青色\n", encoding="utf-8")
+    with pytest.raises(ct.LexiconError, match=r"bad\.tsv, line 2: check must be one of"):
+        ct.load_lexicon(str(bad))
+    dup = tmp_path / "dup.tsv"
+    dup.write_text("colour\tred\tboth\tred\t红\n", encoding="utf-8")
+    with pytest.raises(ct.LexiconError, match="concept 'red' already defined"):
+        ct.load_lexicon([ct.DEFAULT_LEXICON, str(dup)])
+
+
+def test_rle_validation_matches_pycocotools_and_rejects_garbage():
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(0)
+    counts, sizes, areas = [], [], []
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 120, 2))
+        m = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        rle = mf.encode_mask(m)
+        counts.append(rle["counts"])
+        sizes.append(rle["size"])
+        areas.append(int(mask_utils.area({"size": rle["size"],
+                                          "counts": rle["counts"].encode()})))
+    ok, area, problem = ct.rle_validate(counts, sizes)
+    assert ok.all() and area.tolist() == areas and set(problem) == {""}
+    bad_counts = [counts[0] + "1", "", "ab!", counts[1][:-1] + "o", counts[2]]
+    bad_sizes = [sizes[0], sizes[1], [4, 4], sizes[1], [0, 5]]
+    ok, _, problem = ct.rle_validate(bad_counts, bad_sizes)
+    assert not ok.any()
+    assert "size says" in problem[0] and "non-empty" in problem[1] and "alphabet" in problem[2]
+    assert "ends inside a number" in problem[3] and "size must be" in problem[4]
+
+
+def test_length_band_configured_and_bad_arguments(tmp_path):
+    df = _pairs_frame([("the dog", "狗"), ("the big brown dog on the left", "狗")])
+    cfg = ct.CheckConfig(length_band=(0.5, 2.0))
+    reasons, stats = ct.compute_checks(df, cfg, log=lambda *a: None)
+    assert stats["length_band"]["source"] == "configured"
+    assert reasons["length"].iat[0] == []
+    assert reasons["length"].iat[1] == ["ratio out of band: (1+1)/(7+1) = 0.25 not in [0.50, 2.00]"]
+    with pytest.raises(ValueError, match="max_fail_rate must be in"):
+        ct.check_translations("x.parquet", str(tmp_path), max_fail_rate=2.0)
+
+
+def test_s3_manifest_and_output(synth_dataset, s3_bucket):
+    from components import storage
+
+    df = mf.read_manifest(str(Path(synth_dataset) / "manifest.parquet")).iloc[:40]
+    src = mf.write_manifest(df, f"{s3_bucket}/in/manifest.parquet")
+    res = ct.check_translations(src, f"{s3_bucket}/out", progress=False)
+    assert res["rows_in"] == res["rows_clean"] == 40 and res["rows_quarantined"] == 0
+    assert res["report"] == f"{s3_bucket}/out/gx/uncommitted/data_docs/local_site/index.html"
+    assert storage.exists(res["report"]) and storage.exists(res["validation_page"])
+    assert len(mf.read_manifest(f"{s3_bucket}/out/clean.parquet")) == 40
+    summary = json.loads(storage.read_bytes(f"{s3_bucket}/out/summary.json"))
+    assert summary["rows_clean"] == 40
