@@ -18,7 +18,8 @@ def compiled(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
     compile_pipeline(str(path), image="registry.example/refseg:test")
-    return path, yaml.safe_load(path.read_text())
+    # two YAML documents: the pipeline spec, then the Kubernetes platform spec
+    return path, next(yaml.safe_load_all(path.read_text()))
 
 
 def _executor(spec: dict, name: str) -> dict:
@@ -106,7 +107,9 @@ def test_submit_sends_a_valid_run(monkeypatch):
     assert run.experiment_id == "exp-1"
     assert run.runtime_config.parameters == {
         "manifest_uri": "s3://data/unc/manifest.parquet", "train_steps": 500}
-    assert run.pipeline_spec["pipelineInfo"]["name"] == "bilingual-refseg"
+    # with a platform spec, KFP sends {"pipeline_spec": ..., "platform_spec": ...}
+    assert run.pipeline_spec["pipeline_spec"]["pipelineInfo"]["name"] == "bilingual-refseg"
+    assert "kubernetes" in run.pipeline_spec["platform_spec"]["platforms"]
     _check_model(posts[0]["body"], "V2beta1Experiment")
 
 
@@ -156,3 +159,18 @@ def test_cli_compile_and_schedule(tmp_path):
     r = subprocess.run(exe + ["schedule", "--host", "http://127.0.0.1:9", "--cron", "bad"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "5 fields" in r.stderr
+
+
+def test_every_step_is_an_mlflow_client_with_the_s3_secret(compiled):
+    path, _ = compiled
+    docs = list(yaml.safe_load_all(path.read_text()))
+    platform = next(d for d in docs if "platforms" in d)
+    execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    names = ("check-translations-op", "tokenize-op", "train-op", "evaluate-op", "register-op")
+    assert set(execs) == {f"exec-{n}" for n in names}
+    for cfg in execs.values():
+        assert cfg["podMetadata"]["labels"] == {"refseg.io/mlflow-client": "true"}
+        (vol,) = cfg["secretAsVolume"]
+        assert vol["secretName"] == "refseg-s3-credentials"
+        assert vol["mountPath"] == "/home/refseg/.aws"
+        assert vol["optional"] is True
