@@ -161,10 +161,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         le_reduction=16,
     ),
     # CPU preset for the synthetic 128 px shapes data: narrow BasicBlock ResNet trained from
-    # scratch, levels resampled to the Res3 grid (16 x 16 at 128 px).
+    # scratch, levels resampled to the Res3 grid (12 x 12 at 96 px). Input 96 px: measured in
+    # docs/readme/train.md (the training defaults of this preset live in components/train.py).
     "small": dict(
         name="small",
-        input_size=128,
+        input_size=96,
         backbone="narrow_resnet",
         backbone_frozen=False,
         backbone_dilation=False,

@@ -2,7 +2,8 @@
 tiny network (small preset, narrowed by overrides) on CPU: it learns; SIGKILL and SIGTERM runs
 resume to bit-identical weights; a 2-process gloo DDP run matches the single-process run on the
 same global batch; MLflow (SQLite in tmp_path) holds params, metric history and artifacts; a NaN
-loss stops with a clear message. Budget: under 4 minutes on 2 cores."""
+loss stops with a clear message. Budget (with tests/test_refdata.py): about 150 s
+on 2 cores."""
 
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(input_size=64, backbone_widths=[8, 8, 16, 16], c_v=16, c_l=16, c_m=16,
             convlstm_hidden=8, mutan_rank=2, le_reduction=4, batch_images=4, num_workers=0,
             log_every=1, warmup_steps=0)
-# the small preset at 128 px, single level (Res3, no CLAF/ConvLSTM): learns within a CPU minute
-LEARN = dict(levels=["res3"], use_claf=False, lr=3e-3, warmup_steps=20, batch_images=8,
-             val_max_images=40)
+# the small preset at 64 px, single level (Res3, no CLAF/ConvLSTM: the 3-level small model does not
+# learn on CPU budgets, see docs/readme/train.md), 4 images a step: learns within a minute
+LEARN = dict(input_size=64, levels=["res3"], use_claf=False, lr=3e-3, warmup_steps=50,
+             batch_images=4, num_workers=0, log_every=1)
+LEARN_STEPS = 1500
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +94,8 @@ def _wait_for_resume(path: Path, proc: subprocess.Popen, min_step: int, timeout:
 def test_learns_and_tracks_in_mlflow(tmp_path_factory, tmp_path, sqlite_uri, capsys):
     """The small preset (single level, as measured in docs/readme/train.md) learns well above the
     empty and whole-image baselines on a 300-image synthetic set; the run folder follows the
-    contract; MLflow holds params, the loss history and the artifacts."""
+    contract (tokenizer folder loadable for inference); MLflow holds params, the loss history and
+    the artifacts."""
     import mlflow
 
     from components.synth import generate
@@ -102,15 +106,14 @@ def test_learns_and_tracks_in_mlflow(tmp_path_factory, tmp_path, sqlite_uri, cap
     data_dir = tmp_path_factory.mktemp("tok300")
     tokenize(str(src / "manifest.parquet"), str(data_dir), zh_dim=16, en_dim=16, w2v_epochs=2)
     out = tmp_path / "run"
-    steps = 600
+    steps = LEARN_STEPS
     s = train(str(data_dir), "en", "small", str(out), steps=steps, seed=0,
-              overrides=dict(LEARN, val_every=300, num_workers=0, log_every=1),
-              tracking_uri=sqlite_uri, quiet=True)
-    empty, whole = _baselines(data_dir, "en", 128)
+              overrides=dict(LEARN, val_every=steps // 2), tracking_uri=sqlite_uri, quiet=True)
+    empty, whole = _baselines(data_dir, "en", 64)
     best = s["best_val_overall_iou"]
     ious = [h["val_overall_iou"] for h in s["history"]]
     assert len(ious) == 2 and best == max(ious)
-    assert best > max(0.2, 3 * whole, empty + 0.2), (best, whole, ious)
+    assert best > max(0.15, 3 * whole, empty + 0.15), (best, whole, ious)
     printed = capsys.readouterr().out
     assert printed.count("val_overall_iou") == 2  # --quiet: one line per validation
     for f in ("checkpoints/best.pt", "checkpoints/last.pt", "resume.pt", "summary.json",
@@ -119,12 +122,28 @@ def test_learns_and_tracks_in_mlflow(tmp_path_factory, tmp_path, sqlite_uri, cap
     from model import load_checkpoint
 
     _, cfg, extra = load_checkpoint(str(out / "checkpoints" / "best.pt"))
-    assert cfg.input_size == 128 and cfg.levels == ["res3"] and cfg.embed_dim == 16
+    assert cfg.input_size == 64 and cfg.levels == ["res3"] and cfg.embed_dim == 16
     assert extra["lang"] == "en" and extra["vocab"] == "vocab_en.json"
     assert extra["val_overall_iou"] == pytest.approx(best)
     assert extra["data_fingerprint"] == s["data_fingerprint"] and len(s["data_fingerprint"]) == 64
     run_id = (out / "run_id.txt").read_text().strip()
     assert run_id == s["run_id"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run_id"] == run_id and summary["steps"] == steps
+    assert summary["best_val_overall_iou"] == pytest.approx(best)
+    assert summary["timings"]["total_s"] >= summary["timings"]["train_steps_s"] > 0
+    # OUT/tokenizer is a one-language tokenizer folder that inference loads as it is
+    from components.pyfunc_model import _load_tokenizer
+    from components.tokenize import load_tokenizer
+
+    tok = load_tokenizer(str(out / "tokenizer"))
+    assert tok.langs == ("en",)
+    assert json.loads((out / "tokenizer" / "tokenizer.json").read_text())["langs"] == ["en"]
+    assert (out / "tokenizer" / "userdict_zh.txt").is_file()
+    ids, n = tok.encode("the red circle", "en")
+    ref_ids, ref_n = load_tokenizer(str(data_dir)).encode("the red circle", "en")
+    assert (ids, n) == (ref_ids, ref_n) and n == 3 and 1 not in ids[:n]
+    assert _load_tokenizer(str(out / "tokenizer"), "en").encode("the red circle", "en") == (ids, n)
 
     client = mlflow.MlflowClient(tracking_uri=sqlite_uri)
     run = client.get_run(run_id)
@@ -132,7 +151,7 @@ def test_learns_and_tracks_in_mlflow(tmp_path_factory, tmp_path, sqlite_uri, cap
     assert client.get_experiment(run.info.experiment_id).name == "bilingual-refseg"
     p = run.data.params
     assert p["lang"] == "en" and p["seed"] == "0" and p["world_size"] == "1"
-    assert p["train.lr"] == "0.003" and p["model.c_m"] == "64" and p["model.input_size"] == "128"
+    assert p["train.lr"] == "0.003" and p["model.c_m"] == "64" and p["model.input_size"] == "64"
     assert p["data_fingerprint"] == s["data_fingerprint"]
     assert p["git_commit"] == "unknown" or len(p["git_commit"]) == 40
     assert run.data.tags["device_type"] == "cpu"
@@ -143,7 +162,7 @@ def test_learns_and_tracks_in_mlflow(tmp_path_factory, tmp_path, sqlite_uri, cap
     assert len(client.get_metric_history(run_id, "lr")) == steps
     assert client.get_metric_history(run_id, "throughput_expr_per_s")[0].value > 0
     val = client.get_metric_history(run_id, "val_overall_iou")
-    assert [m.step for m in sorted(val, key=lambda m: m.step)] == [300, 600]
+    assert [m.step for m in sorted(val, key=lambda m: m.step)] == [steps // 2, steps]
     for k in ("val_mean_iou", "val_prec_50", "val_prec_90"):
         assert k in run.data.metrics
     arts = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
@@ -204,6 +223,13 @@ def test_interrupted_run_resumes_to_identical_weights(sig, data_dir, reference, 
         assert torch.equal(a[k], b[k]), k
     client = mlflow.MlflowClient(tracking_uri=sqlite_uri)
     assert client.get_run(run_id).info.status == "FINISHED"
+    if sig == "SIGTERM":  # the Chinese tokenizer folder (with the jieba user dictionary) loads
+        from components.tokenize import load_tokenizer
+
+        tok = load_tokenizer(str(out / "tokenizer"))
+        assert tok.langs == ("zh",) and tok.userdict.endswith("userdict_zh.txt")
+        text = "左边的红色圆形"
+        assert tok.encode(text, "zh") == load_tokenizer(str(data_dir)).encode(text, "zh")
     steps = {m.step for m in client.get_metric_history(run_id, "loss")}
     assert steps == set(range(1, RESUME_STEPS + 1))
 
@@ -273,7 +299,7 @@ def test_config_resolution_and_errors(data_dir, tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("base: small\ninput_size: 96\nlr: 0.01\ntrain:\n  steps: 42\n")
     m, t, _ = resolve_config(str(y))
-    assert (m.input_size, t.lr, t.steps, t.batch_images) == (96, 0.01, 42, 8)
+    assert (m.input_size, t.lr, t.steps, t.batch_images) == (96, 0.01, 42, 4)
     with pytest.raises(ValueError, match="unknown ModelConfig keys"):
         resolve_config("small", {"no_such_key": 1})
     with pytest.raises(ValueError, match="neither a preset"):
