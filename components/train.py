@@ -116,10 +116,11 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(steps=200_000, lr=2.5e-4, batch_images=1, warmup_steps=0, grad_clip=10.0,
                   val_every=5000, resume_every=1000, num_workers=4, log_every=20,
                   val_batch_images=8),
-    "small": dict(steps=4000, lr=3e-3, batch_images=4, warmup_steps=50, grad_clip=5.0,
+    "small": dict(steps=5000, lr=3e-3, batch_images=4, warmup_steps=50, grad_clip=5.0,
                   val_every=1000, resume_every=500, num_workers=0, log_every=20,
                   max_expressions_per_image=None, val_batch_images=16),
 }
+TRAIN_PRESETS["small3"] = dict(TRAIN_PRESETS["small"], steps=2000)
 
 
 def _coerce(value: str) -> Any:

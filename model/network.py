@@ -56,7 +56,8 @@ class RefSegNetwork(nn.Module):
                                         for lv in self.levels})
         self.claf = (CrossLevelAttentiveFusion(cfg.c_m, cfg.c_l, cfg.claf_norm, cfg.claf_order)
                      if cfg.use_claf else None)
-        self.convlstm = (ConvLSTM(cfg.c_m, cfg.convlstm_hidden, cfg.convlstm_kernel)
+        self.convlstm = (ConvLSTM(cfg.c_m, cfg.convlstm_hidden, cfg.convlstm_kernel,
+                                  cfg.convlstm_input_norm)
                          if len(self.levels) > 1 else None)
         self.head = MaskHead(cfg.convlstm_hidden if self.convlstm is not None else cfg.c_m,
                              cfg.head_kernel)
