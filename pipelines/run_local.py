@@ -46,8 +46,11 @@ def run(args) -> int:
                        verbose=args.verbose)
     print_results(res, root, res["tracking_uri"])
     lang = langs[0]
-    example = {"zh": "红色的圆形", "en": "the red circle"}[lang]
-    img = os.path.join(data, "images", "000000.png")
+    # a real validation expression, so the example answers with a mask
+    df = mf.read_manifest(s["manifest"])
+    row = df[df["split"] == "val"].iloc[0]
+    example = row[f"text_{lang}"]
+    img = row["image_uri"]
     print("\nTry the champion:")
     print(f"  export MLFLOW_TRACKING_URI={res['tracking_uri']}")
     print(f"  .venv/bin/refseg predict --model models:/bilingual-refseg-{lang}@champion "
