@@ -174,6 +174,7 @@ def run_pipeline(manifest_uri: str, root: str = "runs/local", languages=("zh", "
     root_p.mkdir(parents=True, exist_ok=True)
     tracking_uri = mlflow_uri_for(str(root_p))
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    saved_threads = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     _share_cores(len(languages))
     ensure_experiment(tracking_uri, str(root_p / "mlartifacts"))
     pipeline_root = root_p / "pipeline"
@@ -195,6 +196,12 @@ def run_pipeline(manifest_uri: str, root: str = "runs/local", languages=("zh", "
             )
         except Exception as exc:  # kfp raises RuntimeError naming the failed task
             error = exc
+        finally:  # the thread share is for the task processes only, not for the caller
+            for k, v in saved_threads.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     seconds = time.time() - t0
     if error is not None:
         raise RuntimeError(f"pipeline failed after {seconds:.0f} s: {error} (full log: {log})")

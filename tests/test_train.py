@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(input_size=64, backbone_widths=[8, 8, 16, 16], c_v=16, c_l=16, c_m=16,
             convlstm_hidden=8, mutan_rank=2, le_reduction=4, batch_images=4, num_workers=0,
             log_every=1, warmup_steps=0)
-# the small preset at 64 px, single level (Res3, no CLAF/ConvLSTM: the 3-level small model does not
-# learn on CPU budgets, see docs/readme/train.md), 4 images a step: learns within a minute
+# the small preset at 64 px, single level (Res3, no CLAF/ConvLSTM: the fastest to learn on a CPU,
+# see docs/readme/train.md), 4 images a step: learns within a minute. The fault and DDP tests use
+# the three-level small3 (CLAF + ConvLSTM), whose slower steps leave time to send a signal.
 LEARN = dict(input_size=64, levels=["res3"], use_claf=False, lr=3e-3, warmup_steps=50,
              batch_images=4, num_workers=0, log_every=1)
 LEARN_STEPS = 1500
@@ -173,7 +174,7 @@ def test_learns_and_tracks_in_mlflow(tmp_path_factory, tmp_path, sqlite_uri, cap
 
 # ------------------------------------------------------------------------------------------------
 RESUME_CFG = dict(TINY, resume_every=2, val_every=4, lr=2e-3)
-RESUME_STEPS = 10
+RESUME_STEPS = 16
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +182,7 @@ def reference(data_dir, tmp_path_factory):
     """An uninterrupted deterministic run (in this process)."""
     out = tmp_path_factory.mktemp("ref")
     uri = f"sqlite:///{out}/mlflow.db"
-    train(str(data_dir), "zh", "small", str(out / "run"), steps=RESUME_STEPS, seed=1,
+    train(str(data_dir), "zh", "small3", str(out / "run"), steps=RESUME_STEPS, seed=1,
           overrides=RESUME_CFG, tracking_uri=uri, quiet=True, deterministic=True)
     return out / "run"
 
@@ -192,10 +193,11 @@ def test_interrupted_run_resumes_to_identical_weights(sig, data_dir, reference, 
     import mlflow
 
     out = tmp_path / "run"
-    args = ["--data", str(data_dir), "--lang", "zh", "--config", "small", "--out", str(out),
+    args = ["--data", str(data_dir), "--lang", "zh", "--config", "small3", "--out", str(out),
             "--steps", str(RESUME_STEPS), "--seed", "1", "--deterministic", "--quiet",
             "--tracking-uri", sqlite_uri, *_sets(RESUME_CFG)]
-    proc = _cli(args)
+    # the same thread count as the in-process reference: float sums depend on it
+    proc = _cli(args, {"OMP_NUM_THREADS": str(torch.get_num_threads())})
     _wait_for_resume(out / "resume.pt", proc, min_step=4)
     proc.send_signal(getattr(signal, sig))
     stdout, stderr = proc.communicate(timeout=120)
@@ -214,7 +216,7 @@ def test_interrupted_run_resumes_to_identical_weights(sig, data_dir, reference, 
     assert isinstance(st["rng"]["torch"], torch.Tensor)
     run_id = st["run_id"]
     # restart: same OUT -> same MLflow run, continues from resume.pt
-    s = train(str(data_dir), "zh", "small", str(out), steps=RESUME_STEPS, seed=1,
+    s = train(str(data_dir), "zh", "small3", str(out), steps=RESUME_STEPS, seed=1,
               overrides=RESUME_CFG, tracking_uri=sqlite_uri, quiet=True, deterministic=True)
     assert s["run_id"] == run_id and s["steps"] == RESUME_STEPS and not s["interrupted"]
     a, b = _state(reference / "checkpoints" / "last.pt"), _state(out / "checkpoints" / "last.pt")
@@ -239,13 +241,13 @@ def test_ddp_two_processes_match_single_process(data_dir, tmp_path):
     """torchrun, 2 gloo processes with 2 images each == 1 process with 4 images per step."""
     cfg = dict(TINY, backbone_frozen=True, val_every=3, resume_every=100, lr=1e-3)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    single = train(str(data_dir), "en", "small", str(tmp_path / "one"), steps=3, seed=2,
+    single = train(str(data_dir), "en", "small3", str(tmp_path / "one"), steps=3, seed=2,
                    overrides=dict(cfg, batch_images=4), tracking_uri=uri, quiet=True,
                    deterministic=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--standalone", "-m", "pipelines.cli", "train", "--data", str(data_dir),
-           "--lang", "en", "--config", "small", "--out", str(tmp_path / "two"), "--steps", "3",
+           "--lang", "en", "--config", "small3", "--out", str(tmp_path / "two"), "--steps", "3",
            "--seed", "2", "--deterministic", "--quiet", "--tracking-uri", uri,
            *_sets(dict(cfg, batch_images=2))]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
@@ -274,7 +276,7 @@ def test_nan_loss_stops_with_message(data_dir, tmp_path, sqlite_uri):
 
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3 .*no weights"):
-        train(str(data_dir), "en", "small", str(out), steps=10, seed=0,
+        train(str(data_dir), "en", "small3", str(out), steps=10, seed=0,
               overrides=dict(TINY, debug_nan_at_step=3, resume_every=2, val_every=100),
               tracking_uri=sqlite_uri, quiet=True)
     assert not (out / "checkpoints").exists()
