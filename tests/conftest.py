@@ -73,3 +73,14 @@ def synth_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     generate(str(out), n_images=60, seed=7)
     return out
+
+
+@pytest.fixture(scope="session")
+def data_dir(synth_dataset, tmp_path_factory):
+    """The synthetic dataset through ``tokenize`` (16-d vectors): what train/refdata tests read."""
+    from components.tokenize import tokenize
+
+    out = tmp_path_factory.mktemp("tok")
+    tokenize(str(Path(synth_dataset) / "manifest.parquet"), str(out), zh_dim=16, en_dim=16,
+             w2v_epochs=1)
+    return out

@@ -40,13 +40,14 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "DaemonSet"}
 
 
 def _tool(name: str) -> str:
-    """A tool from the project's venv (next to this Python) or PATH; skip when genuinely absent."""
+    """A tool from the project's venv (next to this Python) or PATH; the dev extra installs them all,
+    so a missing one is an install fault, not a reason to skip."""
     local = Path(sys.executable).parent / name
     if local.exists():
         return str(local)
     found = shutil.which(name)
     if not found:
-        pytest.skip(f"{name} not installed (the dev extra brings it: pip install -e '.[dev]')")
+        pytest.fail(f"{name} not installed (the dev extra brings it: pip install -e '.[dev]')")
     return found
 
 

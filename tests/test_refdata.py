@@ -15,16 +15,6 @@ from components import manifest as mf
 from components.refdata import GroupedSampler, RefDataError, RefDataset, collate_grouped
 
 
-@pytest.fixture(scope="module")
-def data_dir(synth_dataset, tmp_path_factory):
-    from components.tokenize import tokenize
-
-    out = tmp_path_factory.mktemp("tok")
-    tokenize(str(Path(synth_dataset) / "manifest.parquet"), str(out), zh_dim=16, en_dim=16,
-             w2v_epochs=1)
-    return out
-
-
 def test_items_group_all_expressions_of_an_image(data_dir):
     df = mf.read_manifest(str(data_dir / "manifest.parquet"))
     for lang in ("zh", "en"):

@@ -34,14 +34,6 @@ LEARN = dict(input_size=64, levels=["res3"], use_claf=False, lr=3e-3, warmup_ste
 LEARN_STEPS = 1500
 
 
-@pytest.fixture(scope="module")
-def data_dir(synth_dataset, tmp_path_factory):
-    from components.tokenize import tokenize
-
-    out = tmp_path_factory.mktemp("tok")
-    tokenize(str(Path(synth_dataset) / "manifest.parquet"), str(out), zh_dim=16, en_dim=16,
-             w2v_epochs=1)
-    return out
 
 
 @pytest.fixture()
