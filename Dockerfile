@@ -33,6 +33,7 @@ COPY pyproject.toml README.md ./
 COPY model ./model
 COPY components ./components
 COPY pipelines ./pipelines
+COPY configs ./configs
 
 # One wheel per distribution (the project's own included) in /wheels; torch pinned explicitly so a
 # resolver change can never swap the CUDA build for another one.

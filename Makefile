@@ -6,11 +6,13 @@ STAMP := $(VENV)/.installed
 .PHONY: run test lint install bench clean
 
 # Create the virtual environment and install the project (torch first: pip takes it from disk).
+# setuptools warns on every editable install that a folder named like a package could shadow it
+# (true of any checkout): PYTHONWARNINGS=ignore keeps that wall off the console.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check model components pipelines tests benchmarks
+	$(BIN)/ruff check model components pipelines configs tests benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all

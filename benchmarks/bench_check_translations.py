@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def build_manifest(path: str, n: int, seed: int = 0, distinct: bool = False) -> dict:
     import pandas as pd
 
-    from components import manifest as mf
+    from components.data import manifest as mf
     from components.synth import generate
 
     with tempfile.TemporaryDirectory() as d:
@@ -58,7 +58,7 @@ _CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
 from components.check_translations import check_translations
-s = check_translations(sys.argv[1], sys.argv[2], progress=False)
+s = check_translations(sys.argv[1], sys.argv[2])
 wall = time.perf_counter() - t0
 print(json.dumps({"wall_s": round(wall, 3), "timings_s": s["timings_s"],
                   "rows_in": s["rows_in"], "rows_quarantined": s["rows_quarantined"]}))
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=150_000, help="rows (default 150000)")
     p.add_argument("--out", default="benchmarks/results/check_translations.json")
     args = p.parse_args(argv)
-    from components import zh
+    from components.text import zh
 
     load_before = round(os.getloadavg()[0], 2)
     runs = []

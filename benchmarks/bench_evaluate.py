@@ -48,7 +48,7 @@ def _throughput(images, probs, params, workers: int) -> tuple[float, list, float
     """(images per second, masks, pool start seconds, mean wall seconds of one CRF call inside a
     worker) with a pool started before the clock. If the per-call time grows with the number of
     workers, the cores were not free (other load), not the pool's fault."""
-    from components.crf import CRFPool
+    from components.evaluation.crf import CRFPool
 
     t = time.perf_counter()
     with CRFPool(params, workers=workers) as pool:
@@ -65,8 +65,8 @@ def _throughput(images, probs, params, workers: int) -> tuple[float, list, float
 
 
 def bench_crf(n: int) -> dict:
-    from components.crf import CRFParams, available_cores
-    from components.metrics import intersection_union, summarize
+    from components.evaluation.crf import CRFParams, available_cores
+    from components.evaluation.metrics import intersection_union, summarize
 
     data = [scene(s) for s in range(n)]
     images, probs, gts = [d[0] for d in data], [d[1] for d in data], [d[2] for d in data]
@@ -116,7 +116,7 @@ def bench_share(n_images: int, input_size: int = 320) -> dict:
     """Forward of the small network (one pass per image, 3 expressions) vs CRF of those masks."""
     import torch
 
-    from components.crf import CRFParams, refine
+    from components.evaluation.crf import CRFParams, refine
     from model import build_model, load_config
 
     threads = torch.get_num_threads()

@@ -42,7 +42,7 @@ DIRECT = textwrap.dedent("""
     from components.register import register
     from components.tokenize import tokenize
     from components.train import train
-    check_translations(manifest, os.path.join(root, "check"), progress=False)
+    check_translations(manifest, os.path.join(root, "check"))
     tok = os.path.join(root, "tok")
     tokenize(os.path.join(root, "check", "clean.parquet"), tok, seed=0)
     for lang in ("zh", "en"):
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         data = os.path.join(tmp, "data")
-        generate(data, n_images=args.images, seed=5, progress=False)
+        generate(data, n_images=args.images, seed=5)
         manifest = os.path.join(data, "manifest.parquet")
         cfg = os.path.join(tmp, "tiny.yaml")
         with open(cfg, "w") as fh:

@@ -74,7 +74,9 @@ def bench(calls: int, warmup: int = 5, threads: int | None = None) -> dict:
     import pandas as pd
     import torch
 
-    from components.pyfunc_model import RefSegPredictor, decode_image, save_pyfunc_model
+    from components.serving.predictor import RefSegPredictor
+    from components.serving.pyfunc import save_pyfunc_model
+    from components.serving.requests import decode_image
     from model import build_model, load_config, predict, save_checkpoint
 
     torch.manual_seed(0)

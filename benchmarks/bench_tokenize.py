@@ -3,8 +3,8 @@
 The corpus is built procedurally from referring-expression templates (positions, colours, clothing,
 COCO objects, relations) with about 40% duplicate strings, as real datasets have, and lengths near
 UNC's 5.6 jieba words. Timed: normalisation + jieba segmentation of the distinct strings on all
-cores (``components.zh.segment_many``) + vocabulary from an 80% "train" part + encoding every row
-to [N, 30] ids (``components.tokenize.build_vocab`` / ``encode``), the functions the step uses.
+cores (``components.text.zh.segment_many``) + vocabulary from an 80% "train" part + encoding every row
+to [N, 30] ids (``components.text.vocab.build_vocab`` / ``encode``), the functions the step uses.
 Also timed apart: the same on one core, and loading a 50,000 x 256 word2vec text file with gensim.
 
     python -m benchmarks.bench_tokenize [--n 150000] [--vectors 50000] [--out FILE]
@@ -81,8 +81,8 @@ def _cpu() -> float:
 
 
 def _segment_encode(texts: list[str], workers: int) -> dict:
-    from components import zh
-    from components.tokenize import build_vocab, encode
+    from components.text import zh
+    from components.text.vocab import build_vocab, encode
 
     zh.get_tokenizer()  # dictionary loading is a one-off, not per batch
     cpu0 = _cpu()
@@ -102,7 +102,7 @@ def _segment_encode(texts: list[str], workers: int) -> dict:
 
 
 def _vector_load(n_words: int, dim: int) -> dict:
-    from components.tokenize import load_vectors
+    from components.text.vectors import load_vectors
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as d:
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=256, help="vector dimension")
     p.add_argument("--out", default="benchmarks/results/tokenize.json")
     args = p.parse_args(argv)
-    from components import zh
+    from components.text import zh
 
     load_before = round(os.getloadavg()[0], 2)
     texts = corpus(args.n)

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from components.errors import ConfigError, MissingInputError
+from components.logs import get_logger
+
+log = get_logger("predict")
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -48,30 +52,50 @@ def make_overlay(image, mask, color=(255, 0, 64), alpha=0.5):
     return out.clip(0, 255).astype(np.uint8)
 
 
+def _is_uri(model: str) -> bool:
+    """``scheme:/...`` (models:/, runs:/, s3://, ...), not a local path."""
+    scheme, sep, _ = model.partition(":/")
+    return bool(sep) and len(scheme) > 1 and scheme.replace("-", "").isalnum()
+
+
 def _is_local_checkpoint(model: str) -> bool:
     return os.path.isfile(model) and not model.startswith(("models:/", "runs:/"))
+
+
+class _LocalModel:
+    """A local checkpoint behind the pyfunc's ``predict(DataFrame, params=...)``."""
+
+    def __init__(self, checkpoint: str, tokenizer: str):
+        from components.serving.predictor import RefSegPredictor
+
+        self.predictor = RefSegPredictor(checkpoint, tokenizer)
+
+    def predict(self, df, params=None):
+        return self.predictor.predict_frame(df, (params or {}).get("threshold"))
 
 
 def load_model(model: str, tokenizer: str | None = None, tracking_uri: str | None = None):
     """Something with ``.predict(DataFrame, params=...)`` returning the pyfunc's output frame."""
     if _is_local_checkpoint(model):
         if not tokenizer:
-            raise ValueError(f"--model {model} is a local checkpoint: pass --tokenizer DIR "
-                             "(the training run's tokenizer/ folder)")
-        from components.pyfunc_model import RefSegPredictor
-
-        pred = RefSegPredictor(model, tokenizer)
-
-        class _Local:
-            def predict(self, df, params=None):
-                return pred.predict_frame(df, (params or {}).get("threshold"))
-
-        return _Local()
+            raise ConfigError(f"--model {model} is a local checkpoint: pass --tokenizer DIR "
+                              "(the training run's tokenizer/ folder)")
+        log.info("local checkpoint %s, tokenizer %s", model, tokenizer)
+        return _LocalModel(model, tokenizer)
+    if not _is_uri(model) and not os.path.exists(model):
+        raise MissingInputError(f"--model {model}: no such file, folder or model URI")
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.pyfunc.load_model(model)
+    log.info("loading %s", model)
+    try:
+        return mlflow.pyfunc.load_model(model)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise MissingInputError(f"--model {model}: not found ({exc.message})") from exc
 
 
 def run(args) -> int:
@@ -79,10 +103,11 @@ def run(args) -> int:
     import pandas as pd
     from PIL import Image
 
-    from components.pyfunc_model import decode_image, decode_mask_png
+    from components.codec import decode_png
+    from components.serving.requests import decode_image
 
     if not os.path.isfile(args.image):
-        raise FileNotFoundError(f"--image {args.image}: no such file")
+        raise MissingInputError(f"--image {args.image}: no such file")
     with open(args.image, "rb") as fh:
         raw = fh.read()
     image = decode_image(raw, row=args.image)
@@ -92,7 +117,7 @@ def run(args) -> int:
     model = load_model(args.model, args.tokenizer, args.tracking_uri)
     params = {"threshold": float(args.threshold)} if args.threshold is not None else None
     res = model.predict(df, params=params).iloc[0]
-    mask = decode_mask_png(res["mask_png"])
+    mask = decode_png(res["mask_png"])
     if mask.shape != image.shape[:2]:
         raise RuntimeError(f"mask {mask.shape} does not match the image {image.shape[:2]}")
     folder = os.path.dirname(os.path.abspath(args.out))
@@ -105,5 +130,5 @@ def run(args) -> int:
     print(f"mask: {args.out} ({int(mask.sum())} of {mask.size} pixels)")
     print(f"overlay: {ov}")
     if res.get("warning"):
-        print(f"warning: {res['warning']}", file=sys.stderr)
+        log.warning("%s", res["warning"])
     return 0

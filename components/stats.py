@@ -8,7 +8,7 @@ import json
 
 import pandas as pd
 
-from components import manifest as mf
+from components.data import manifest as mf
 
 
 def _text_ok(v) -> bool:
@@ -17,7 +17,7 @@ def _text_ok(v) -> bool:
 
 def table1(df: pd.DataFrame, workers: int | None = None) -> pd.DataFrame:
     """One row per split (and ``all``): counts and average lengths."""
-    from components.zh import english_tokens, segment_many
+    from components.text.zh import english_tokens, segment_many
 
     df = df.copy()
     zh_ok = df["text_zh"].map(_text_ok)

@@ -1,4 +1,4 @@
-"""Visual backbone: Res3/Res4/Res5 of a ResNet (Section 3.1; METHOD.md "Vision side").
+"""Visual backbone: Res3/Res4/Res5 of a ResNet (Section 3.2.1; docs/method.md, Decisions 5-7).
 
 Decision: a torchvision ResNet with dilation in layer3/layer4 (output stride 8: all levels 40 x 40
 at 320 px), FrozenBatchNorm2d when frozen, weights from a file (torchvision state dict or a

@@ -14,13 +14,10 @@ from typing import Any
 import torch
 
 from model.config import ModelConfig
+from model.errors import CheckpointError
 from model.network import RefSegNetwork, build_model
 
 FORMAT = "bilingual-refseg/model-v1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read or does not describe a model."""
 
 
 def save_checkpoint(path: str, model: RefSegNetwork, cfg: ModelConfig | None = None,
@@ -39,13 +36,19 @@ def save_checkpoint(path: str, model: RefSegNetwork, cfg: ModelConfig | None = N
         "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()},
         "extra": extra,
     }
+    atomic_save(payload, path)
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a crash (or SIGKILL) never
+    leaves half a file under the final name."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # atomic: a crash never leaves half a checkpoint
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

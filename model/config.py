@@ -1,18 +1,20 @@
-"""ModelConfig: every architectural choice of the network, including each METHOD.md Decision.
+"""ModelConfig: every architectural choice of the network, including each Decision of docs/method.md.
 
-Presets: ``paper`` (Section 4.2 of the paper: DeepLab/ResNet-101 at output stride 8, 320 px,
-Cv = Cl = Cm = 1000, ConvLSTM cell 500, MUTAN rank r = 5, frozen backbone) and ``small`` (a narrow
-ResNet trained from scratch, for CPU runs on the synthetic shapes data). ``ablation_rows()`` gives
-Table 4's rows as override dicts: ``load_config("paper", ablation_rows()["row1_baseline"])``.
+Presets live in the top-level ``configs`` package as YAML (``paper``: Section 4.2 of the paper,
+DeepLab/ResNet-101 at output stride 8, 320 px, Cv = Cl = Cm = 1000, ConvLSTM cell 500, MUTAN rank
+r = 5, frozen backbone; ``small``/``small3``: a narrow ResNet trained from scratch, for CPU runs on
+the synthetic shapes data); :func:`load_config` reads their ``model:`` section. ``ablation_rows()``
+gives Table 4's rows as override dicts: ``load_config("paper", ablation_rows()["row1_baseline"])``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from model.errors import ConfigError
 
 LEVEL_NAMES = ("res3", "res4", "res5")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "narrow_resnet")
@@ -90,7 +92,7 @@ class ModelConfig:
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
             if not cond:
-                raise ValueError(f"ModelConfig {self.name!r}: {msg}")
+                raise ConfigError(f"ModelConfig {self.name!r}: {msg}")
 
         need(self.backbone in BACKBONES, f"backbone {self.backbone!r} not in {BACKBONES}")
         need(len(self.levels) >= 1, "levels must name at least one of res3/res4/res5")
@@ -131,7 +133,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown ModelConfig keys {unknown}; known keys: {sorted(known)}"
             )
         return cls(**d)
@@ -146,106 +148,34 @@ class ModelConfig:
 
 
 # ------------------------------------------------------------------------------------------------
-PRESETS: dict[str, dict[str, Any]] = {
-    # Section 4.2: DeepLab-ResNet-101 (frozen), 320 px, Cv = Cl = Cm = 1000, ConvLSTM 500, r = 5.
-    "paper": dict(
-        name="paper",
-        input_size=320,
-        backbone="resnet101",
-        backbone_frozen=True,
-        backbone_dilation=True,
-        levels=list(LEVEL_NAMES),
-        embed_dim=300,
-        c_v=1000, c_l=1000, c_m=1000,
-        mutan_rank=5,
-        convlstm_hidden=500,
-        le_reduction=16,
-    ),
-    # CPU presets for the synthetic 128 px shapes data: narrow BasicBlock ResNet trained from
-    # scratch, input 96 px. ``small`` (the embedded default, `make run`) is single-level: MUTAN +
-    # LE + LA on Res3 (12 x 12 at 96 px), no CLAF/ConvLSTM; it reaches val overall IoU > 0.5 in
-    # about 4 CPU minutes per language. ``small3`` is the full three-level network (Res3/4/5
-    # resampled to the Res3 grid, CLAF, ConvLSTM) at the same widths: it learns more per step but a
-    # step costs about 4x as much, so on the same CPU budget it ends lower (README, Training).
-    "small": dict(
-        name="small",
-        input_size=96,
-        backbone="narrow_resnet",
-        backbone_frozen=False,
-        backbone_dilation=False,
-        backbone_widths=[16, 32, 64, 128],
-        backbone_blocks=[1, 1, 1, 1],
-        levels=["res3"],
-        use_claf=False,
-        embed_dim=64,
-        embedding_trainable=True,
-        c_v=64, c_l=64, c_m=64,
-        mutan_rank=5,
-        le_reduction=4,
-        convlstm_hidden=32,
-    ),
-}
-PRESETS["small3"] = {**PRESETS["small"], "name": "small3", "levels": list(LEVEL_NAMES),
-                     "use_claf": True}
-
-
+# Presets and ablation rows are YAML files in the top-level ``configs`` package (configs/paper.yaml,
+# configs/small.yaml, configs/small3.yaml, configs/ablation/<row>.yaml), read by ``configs.read``;
+# they are imported only when a config is loaded by name or path, so a checkpoint loads without them.
 def ablation_rows() -> dict[str, dict[str, Any]]:
-    """Table 4 (English UNC val) as config overrides, applied on top of a preset.
+    """Table 4 (English UNC val) as config overrides, applied on top of a preset
+    (configs/ablation/<row>.yaml): single-level rows use Res5 only, concatenation fusion and no
+    ConvLSTM (the CNN-LSTM variant with a 3x3 last conv); multi-level rows use CLAF on
+    Res3/4/5. ``load_config("paper", ablation_rows()["row3_la"])`` == ``load_config("paper:row3_la")``
+    but for the name."""
+    import configs
 
-    The paper's table lost its check marks in extraction; METHOD.md gives: single level baseline,
-    +LE, +LA, +LE+LA; multi-level (CLAF) rows, +MUTAN, ..., full model. Single-level rows use Res5
-    only, concatenation fusion and no ConvLSTM (the CNN-LSTM variant with a 3x3 last conv).
-    """
-    single = dict(levels=["res5"], use_claf=False, use_mutan=False)
-    multi = dict(levels=list(LEVEL_NAMES), use_claf=True)
-    return {
-        "row1_baseline": {**single, "use_le": False, "use_la": False},
-        "row2_le": {**single, "use_le": True, "use_la": False},
-        "row3_la": {**single, "use_le": False, "use_la": True},
-        "row4_le_la": {**single, "use_le": True, "use_la": True},
-        "row5_claf": {**multi, "use_mutan": False, "use_le": False, "use_la": False},
-        "row6_claf_mutan": {**multi, "use_mutan": True, "use_le": False, "use_la": False},
-        "row7_claf_mutan_le": {**multi, "use_mutan": True, "use_le": True, "use_la": False},
-        "row8_claf_mutan_la": {**multi, "use_mutan": True, "use_le": False, "use_la": True},
-        "row9_claf_le_la": {**multi, "use_mutan": False, "use_le": True, "use_la": True},
-        "row10_full": {**multi, "use_mutan": True, "use_le": True, "use_la": True},
-    }
+    return configs.ablation_rows()
 
 
-def load_config(
-    preset_name_or_yaml_path: str | ModelConfig = "small", overrides: dict[str, Any] | None = None
-) -> ModelConfig:
-    """A preset name (``paper``/``small``), ``preset:row`` (an ablation row on a preset, e.g.
-    ``small:row1_baseline``) or a YAML file. A YAML file may say ``base: <preset>`` and then list
-    overrides; other keys must be ModelConfig fields. ``overrides`` are applied last."""
-    if isinstance(preset_name_or_yaml_path, ModelConfig):
-        d = preset_name_or_yaml_path.to_dict()
+def load_config(config: str | ModelConfig = "small",
+                overrides: dict[str, Any] | None = None) -> ModelConfig:
+    """The model section of a config: a preset name (``paper``/``small``/``small3``),
+    ``preset:row`` (an ablation row on a preset, e.g. ``small:row1_baseline``), ``ablation/<row>``
+    or a YAML file (``base: <config>`` and ``model:`` fields, or the fields at the top level).
+    Fields not named default to ModelConfig's; ``overrides`` are applied last."""
+    if isinstance(config, ModelConfig):
+        d = config.to_dict()
     else:
-        src = str(preset_name_or_yaml_path)
-        preset, _, row = src.partition(":")
-        if preset in PRESETS:
-            d = ModelConfig(**PRESETS[preset]).to_dict()
-            if row:
-                rows = ablation_rows()
-                if row not in rows:
-                    raise ValueError(f"unknown ablation row {row!r}; known: {sorted(rows)}")
-                d.update(rows[row])
-                d["name"] = f"{preset}:{row}"
-        elif os.path.isfile(src):
-            import yaml
+        import configs
 
-            with open(src, encoding="utf-8") as fh:
-                data = yaml.safe_load(fh) or {}
-            if not isinstance(data, dict):
-                raise ValueError(f"{src}: a model config YAML must be a mapping")
-            base = data.pop("base", None)
-            d = load_config(base).to_dict() if base else ModelConfig().to_dict()
-            _check_keys(data, src)
-            d.update(data)
-        else:
-            raise ValueError(
-                f"config {src!r} is neither a preset {sorted(PRESETS)} nor an existing YAML file"
-            )
+        section = configs.read(str(config))["model"]
+        _check_keys(section, str(config))
+        d = {**ModelConfig().to_dict(), **section}
     if overrides:
         _check_keys(overrides, "overrides")
         d.update(overrides)
@@ -256,4 +186,4 @@ def _check_keys(d: dict[str, Any], where: str) -> None:
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ValueError(f"{where}: unknown ModelConfig keys {unknown}")
+        raise ConfigError(f"{where}: unknown ModelConfig keys {unknown}")

@@ -1,4 +1,5 @@
-"""Coordinate feature S in R^{H x W x 8} (METHOD.md "Vision side"; Hu et al. 2016, used by RMI/STEP).
+"""Coordinate feature S in R^{H x W x 8} (Section 3.2.1; docs/method.md, Decision 9; the feature of
+Hu et al. 2016, used by RMI/STEP).
 
 Per cell: normalised xmin, ymin, xmax, ymax, xcenter, ycenter in [-1, 1], then 1/W and 1/H.
 """

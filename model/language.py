@@ -1,7 +1,8 @@
 """Language encoder: word embeddings -> LSTM -> L in R^{T x Cl}; ls = max-pool over words, eq. (2).
 
-Decision (METHOD.md): the LSTM runs at the embedding size (256 zh / 300 en) and its outputs are
-projected linearly to Cl. Padding id 0; max-pooling only over the ``lengths`` valid words.
+Decision (docs/method.md, Decision 1): the LSTM runs at the embedding size (256 zh / 300 en)
+and its outputs are projected linearly to Cl. Padding id 0; max-pooling only over the ``lengths``
+valid words.
 """
 
 from __future__ import annotations

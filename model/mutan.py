@@ -23,8 +23,8 @@ class MutanFusion(nn.Module):
         super().__init__()
         self.rank, self.c_m = rank, c_m
         self.vt = nn.Conv2d(c_in + COORD_CHANNELS, c_v, 1)  # eq. (1)
-        self.w2 = nn.Conv2d(c_v, rank * c_m, 1)  # W2j for all j, eq. (2)
-        self.w1 = nn.Linear(c_l, rank * c_m)  # W1j for all j, eq. (2)
+        self.w2 = nn.Conv2d(c_v, rank * c_m, 1)  # W2j for all j, eq. (3)
+        self.w1 = nn.Linear(c_l, rank * c_m)  # W1j for all j, eq. (3)
         self.act = torch.tanh if activation == "tanh" else (lambda x: x)
 
     def visual(self, v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -36,8 +36,8 @@ class MutanFusion(nn.Module):
         """vis [N, r*Cm, H, W] (gathered per expression), ls [N, Cl] -> M [N, Cm, H, W]."""
         n, _, h, w = vis.shape
         lang = self.act(self.w1(ls)).view(n, self.rank, self.c_m, 1, 1)
-        m = vis.view(n, self.rank, self.c_m, h, w) * lang  # eq. (2)
-        return m.sum(dim=1)  # eqs. (3)-(4)
+        m = vis.view(n, self.rank, self.c_m, h, w) * lang  # eq. (3)
+        return m.sum(dim=1)  # eq. (4)
 
 
 class ConcatFusion(nn.Module):

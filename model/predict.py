@@ -35,6 +35,23 @@ def prepare_model(model: RefSegNetwork, device: torch.device | str) -> RefSegNet
     return model
 
 
+def forward(model: RefSegNetwork, images: torch.Tensor, tokens: torch.Tensor,
+            lengths: torch.Tensor, image_index: torch.Tensor,
+            return_attention: bool = False) -> dict[str, torch.Tensor]:
+    """The network on a batch, on the model's device: inputs moved there (channels_last images on
+    CUDA when the config asks for it), bfloat16 autocast on CUDA when ``cfg.amp_bf16``. The one
+    place that runs the network for training, validation, evaluation and serving.
+    ``return_attention``: also the LA attention maps P^ of each level (the evaluation report)."""
+    cfg = getattr(model, "module", model).cfg  # a DistributedDataParallel wrapper: its module's
+    device = next(model.parameters()).device
+    images = images.to(device, non_blocking=True)
+    if device.type == "cuda" and cfg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast_context(device, cfg.amp_bf16):
+        return model(images, tokens.to(device), lengths.to(device), image_index.to(device),
+                     return_attention=return_attention)
+
+
 def _image_tensor(image: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
@@ -71,10 +88,7 @@ def predict_batch(model: RefSegNetwork, image: np.ndarray, token_lists: list[lis
     x = _image_tensor(image, model.cfg.input_size, dev)
     tokens, lengths = _tokens_tensor(token_lists, dev)
     index = torch.zeros(len(token_lists), dtype=torch.long, device=dev)
-    if dev.type == "cuda" and model.cfg.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with autocast_context(dev, model.cfg.amp_bf16):
-        logits = model(x, tokens, lengths, index)["logits"]
+    logits = forward(model, x, tokens, lengths, index)["logits"]
     prob = torch.sigmoid(F.interpolate(logits.float(), size=(h, w), mode="bilinear",
                                        align_corners=False))
     if was_training:

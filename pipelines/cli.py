@@ -9,11 +9,12 @@ import importlib
 import importlib.util
 import os
 import sys
+import traceback
 
 # (command path, module, one-line help)
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("data", "synth"), "components.synth", "generate the synthetic bilingual referring dataset"),
-    (("data", "import-refer"), "components.refer", "import a refer-layout dataset + Chinese translations"),
+    (("data", "import-refer"), "components.import_refer", "import a refer-layout dataset + Chinese translations"),
     (("data", "stats"), "components.stats", "Table 1 statistics of a manifest (lengths, counts)"),
     (("check-translations",), "components.check_translations", "validate EN/ZH pairs (Great Expectations)"),
     (("tokenize",), "components.tokenize", "jieba/English tokenization, vocabularies, word vectors"),
@@ -40,6 +41,7 @@ def build_parser(load: tuple[str, ...] | None = None) -> argparse.ArgumentParser
         description="bilingual-refseg: Chinese/English referring image segmentation, from data checks "
         "to a registered model. Every path may be local or s3://bucket/key.",
     )
+    common = _common_options()
     groups: dict[str, argparse._SubParsersAction] = {}
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups[""] = top
@@ -54,7 +56,8 @@ def build_parser(load: tuple[str, ...] | None = None) -> argparse.ArgumentParser
                 groups[key] = grp.add_subparsers(dest=f"cmd_{depth}", metavar="SUBCOMMAND")
                 groups[key].required = True
             sub = groups[key]
-        p = sub.add_parser(path[-1], help=help_, description=help_)
+        p = sub.add_parser(path[-1], help=help_, description=help_, parents=[common],
+                           conflict_handler="resolve")
         p.set_defaults(_module=module)
         if load == path:
             importlib.import_module(module).configure_parser(p)
@@ -68,33 +71,54 @@ def _match(argv: list[str]) -> tuple[str, ...] | None:
     return None
 
 
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more detail on the console (debug lines)")
+    common.add_argument("--quiet", action="store_true",
+                        help="warnings and errors only: no progress lines or bars")
+    return common
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user's mistake (:class:`RefsegError`, or an operating-system error on a
+    path the user named) prints one line and returns 1; any other exception is a bug and shows
+    its traceback (return 2). ``REFSEG_DEBUG=1`` shows the traceback of user errors too."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(load=_match(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
+    from components import logs
+
+    logs.configure(logs.level_for(getattr(args, "verbose", 0), getattr(args, "quiet", False)))
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, PermissionError, ValueError, *_user_errors()) as exc:
-        # Errors about the user's input: one clear line, no traceback (REFSEG_DEBUG=1 shows it).
+    except Exception as exc:
+        if not _is_user_error(exc):
+            traceback.print_exc()
+            print(f"refseg: internal error ({type(exc).__name__}); this is a bug, please report "
+                  "it with the traceback above", file=sys.stderr)
+            return 2
         if os.environ.get("REFSEG_DEBUG"):
             raise
         print(f"refseg: error: {exc}", file=sys.stderr)
         return 1
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    import pickle
+def _is_user_error(exc: BaseException) -> bool:
+    from components.errors import RefsegError
 
-    from components.storage import StorageError
-
-    return (StorageError, pickle.UnpicklingError)
+    if isinstance(exc, RefsegError):
+        return True
+    # open() / os calls on a path the user named: the OS names the file
+    return isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError,
+                            NotADirectoryError)) and exc.filename is not None
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ import json
 import os
 import tempfile
 
-DEFAULT_EXPERIMENT = "bilingual-refseg"
+from components.errors import InputError
+from components.provenance import EXPERIMENT
+
+DEFAULT_EXPERIMENT = EXPERIMENT
 
 
 def parse_params(pairs: list[str] | None) -> dict:
@@ -18,7 +21,7 @@ def parse_params(pairs: list[str] | None) -> dict:
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise ValueError(f"--param expects key=value, got {pair!r}")
+            raise InputError(f"--param expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
         try:
             out[key] = json.loads(value)
@@ -34,7 +37,7 @@ def cron_to_kfp(expr: str) -> str:
         return "0 " + expr.strip()
     if len(fields) == 6:
         return expr.strip()
-    raise ValueError(f"cron expression {expr!r} must have 5 fields (min hour dom mon dow) or 6")
+    raise InputError(f"cron expression {expr!r} must have 5 fields (min hour dom mon dow) or 6")
 
 
 def make_client(host: str, token: str | None = None, namespace: str = "kubeflow"):

@@ -2,24 +2,64 @@
 use_venv=False): the very same pipeline that runs on a cluster, task by task, in this environment.
 
 Everything goes under one folder (default ``runs/local/``): the pipeline's artifacts
-(``pipeline/``), the MLflow store (``mlflow.db`` and ``mlartifacts/``) and the full log
-(``pipeline.log``); the console shows one line per task and the training progress."""
+(``pipeline/``), the MLflow store (``mlflow.db`` and ``mlartifacts/``), the full log
+(``pipeline.log``) and ``results.json``. The console shows one line per task and every step's
+progress lines (``[train zh] step ...``). The results come from the pipeline's own output (its
+results step) and from the MLflow registry, never from printed lines."""
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-EXPERIMENT = "bilingual-refseg"
+from components.errors import InputError, RefsegError
+from components.provenance import EXPERIMENT
+
+log = logging.getLogger("refseg.pipeline")
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# kfp.local's task lines, every step's progress lines ("[train zh] ..."), and errors
 _SHOW = re.compile(
-    r"Executing task|finished with status|Pipeline .* finished|^\s*\[(train|evaluate|register|"
-    r"tokenize|check)\]|Error|Traceback|GateError"
+    r"Executing task|finished with status|Pipeline .* finished|"
+    r"^\s*\[(check[- ]translations|tokenize|train|evaluate|register|results)\b[^\]]*\]|"
+    r"Error|Traceback"
 )
+LANGS = ("zh", "en")
+
+
+class PipelineFailedError(RefsegError):
+    """A task of the pipeline failed; the message names it and the log that holds its trace."""
+
+
+@dataclass
+class PipelineOptions:
+    """The pipeline's parameters, named as the CLI flags and the DAG's parameters are."""
+
+    manifest_uri: str
+    root: str = "runs/local"
+    languages: list[str] = field(default_factory=lambda: list(LANGS))
+    config: str = "small"
+    steps: int = 0
+    crf: bool = True
+    split: str = "val"
+    margin: float = 0.0
+    floor: float = 0.3
+    max_fail_rate: float = 0.05
+    seed: int = 0
+    zh_vectors: str = ""
+    en_vectors: str = ""
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        bad = [x for x in self.languages if x not in LANGS]
+        if bad or not self.languages:
+            raise InputError(f"unknown language(s) {bad or self.languages}; use zh and/or en")
 
 
 def mlflow_uri_for(root: str) -> str:
@@ -83,45 +123,40 @@ class _Tee:
         return False
 
 
-def _latest_run_dir(pipeline_root: Path, before: set) -> Path | None:
-    runs = [p for p in pipeline_root.iterdir() if p.is_dir() and p not in before]
-    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
-
-
-def collect_results(run_dir: Path, tracking_uri: str, languages: list[str]) -> dict:
-    """Read back what the run produced: reports, metrics per language, registry state."""
+def registry_state(tracking_uri: str, lang: str) -> dict:
+    """Versions of ``bilingual-refseg-<lang>`` and the one the ``champion`` alias points at."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    out: dict = {"run_dir": str(run_dir), "languages": {}}
-    check = run_dir / "check-translations-op"
-    out["validation_report"] = str(check / "report") if (check / "report").exists() else None
-    summary = check / "summary"
-    if summary.exists():
-        out["check_summary"] = json.loads(summary.read_text())
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    for i, lang in enumerate(languages):
-        it = run_dir / f"for-loop-1-iteration-{i}"
-        res: dict = {"evaluation_report": None, "metrics": {}}
-        ev = it / "evaluate-op"
-        if (ev / "executor_output.json").exists():
-            eo = json.loads((ev / "executor_output.json").read_text())
-            for art in eo.get("artifacts", {}).get("metrics", {}).get("artifacts", []):
-                res["metrics"] = art.get("metadata", {})
-        if (ev / "report").exists():
-            res["evaluation_report"] = str(ev / "report")
-        name = f"bilingual-refseg-{lang}"
-        try:
-            versions = client.search_model_versions(f"name='{name}'")
-            res["versions"] = sorted(int(v.version) for v in versions)
-            try:
-                champ = client.get_model_version_by_alias(name, "champion")
-                res["champion"] = int(champ.version)
-            except Exception:
-                res["champion"] = None
-        except Exception:
-            res["versions"], res["champion"] = [], None
-        out["languages"][lang] = res
-    return out
+    name = f"{EXPERIMENT}-{lang}"
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    try:
+        champion = int(client.get_model_version_by_alias(name, "champion").version)
+    except MlflowException as exc:  # no alias yet: every version was refused or is a challenger
+        log.debug("%s has no champion: %s", name, exc)
+        champion = None
+    return {"versions": versions, "champion": champion}
+
+
+def _uri_path(uri: str | None) -> str | None:
+    return uri[len("file://"):] if uri and uri.startswith("file://") else uri
+
+
+def collect_results(pipeline_output: str, tracking_uri: str) -> dict:
+    """The results step's JSON, flattened for the console, plus the registry's state."""
+    out = json.loads(pipeline_output)
+    check = out.get("check", {})
+    res: dict = {"validation_report": _uri_path(check.get("report")), "check_summary": check,
+                 "languages": {}}
+    for lang, r in sorted(out.get("languages", {}).items()):
+        res["languages"][lang] = {
+            "metrics": r["metrics"], "split": r["split"],
+            "evaluation_report": _uri_path(r["evaluation_report"]),
+            "per_sample": _uri_path(r["per_sample"]), "registration": r["registration"],
+            **registry_state(tracking_uri, lang),
+        }
+    return res
 
 
 def print_results(res: dict, root: str, tracking_uri: str, split: str = "val") -> None:
@@ -160,86 +195,107 @@ def _share_cores(parallel_tasks: int) -> int:
     return int(os.environ["OMP_NUM_THREADS"])
 
 
-def run_pipeline(manifest_uri: str, root: str = "runs/local", languages=("zh", "en"),
-                 preset: str = "small", train_steps: int = 0, crf: bool = True,
-                 eval_split: str = "val", margin: float = 0.0, floor: float = 0.3,
-                 max_fail_rate: float = 0.05,
-                 seed: int = 0, zh_vectors: str = "", en_vectors: str = "",
-                 verbose: bool = False) -> dict:
+class _ThreadShare:
+    """The thread share of :func:`_share_cores` for the task processes only, not the caller."""
+
+    KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+    def __init__(self, parallel_tasks: int):
+        self.parallel_tasks = parallel_tasks
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.KEYS}
+        _share_cores(self.parallel_tasks)
+        return self
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        return False
+
+
+def _run_dag(opts: PipelineOptions, root: Path, tracking_uri: str) -> str:
+    """Run the DAG under kfp.local; returns its output (the results step's JSON)."""
     from kfp import local
 
     from pipelines.pipeline import refseg_pipeline
 
-    root_p = Path(root).resolve()
-    root_p.mkdir(parents=True, exist_ok=True)
-    tracking_uri = mlflow_uri_for(str(root_p))
+    local.init(runner=local.SubprocessRunner(use_venv=False),
+               pipeline_root=str(root / "pipeline"), workspace_root=str(root / "workspace"))
+    task = refseg_pipeline(
+        manifest_uri=opts.manifest_uri, languages=list(opts.languages), config=opts.config,
+        steps=opts.steps, crf=opts.crf, split=opts.split, margin=opts.margin, floor=opts.floor,
+        max_fail_rate=opts.max_fail_rate, tracking_uri=tracking_uri,
+        zh_vectors=opts.zh_vectors, en_vectors=opts.en_vectors, seed=opts.seed)
+    return task.output
+
+
+def run_pipeline(manifest_uri: str, **options) -> dict:
+    """Run the whole DAG locally (options: the fields of :class:`PipelineOptions`); returns the
+    results (also written to ``ROOT/results.json``). A failed task raises
+    :class:`PipelineFailedError` naming it and the log file."""
+    opts = PipelineOptions(manifest_uri=manifest_uri, **options)
+    root = Path(opts.root).resolve()
+    (root / "pipeline").mkdir(parents=True, exist_ok=True)
+    tracking_uri = mlflow_uri_for(str(root))
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    saved_threads = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    _share_cores(len(languages))
-    ensure_experiment(tracking_uri, str(root_p / "mlartifacts"))
-    pipeline_root = root_p / "pipeline"
-    pipeline_root.mkdir(exist_ok=True)
-    before = set(pipeline_root.iterdir())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
-               workspace_root=str(root_p / "workspace"))
-    log = root_p / "pipeline.log"
+    ensure_experiment(tracking_uri, str(root / "mlartifacts"))
+    log_path = root / "pipeline.log"
     t0 = time.time()
-    error = None
-    with _Tee(str(log), verbose):
+    with _ThreadShare(len(opts.languages)), _Tee(str(log_path), opts.verbose):
         try:
-            refseg_pipeline(
-                manifest_uri=manifest_uri, languages=list(languages), preset=preset,
-                train_steps=train_steps, crf=crf, eval_split=eval_split, promotion_margin=margin,
-                promotion_floor=floor,
-                max_fail_rate=max_fail_rate, mlflow_uri=tracking_uri, zh_vectors=zh_vectors,
-                en_vectors=en_vectors, seed=seed,
-            )
-        except Exception as exc:  # kfp raises RuntimeError naming the failed task
-            error = exc
-        finally:  # the thread share is for the task processes only, not for the caller
-            for k, v in saved_threads.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-    seconds = time.time() - t0
-    if error is not None:
-        raise RuntimeError(f"pipeline failed after {seconds:.0f} s: {error} (full log: {log})")
-    run_dir = _latest_run_dir(pipeline_root, before)
-    res = collect_results(run_dir, tracking_uri, list(languages))
-    res.update({"seconds": round(seconds, 1), "tracking_uri": tracking_uri, "log": str(log),
-                "root": str(root_p)})
-    (root_p / "results.json").write_text(json.dumps(res, indent=2))
+            output = _run_dag(opts, root, tracking_uri)
+        except RuntimeError as exc:  # kfp.local names the task that failed
+            raise PipelineFailedError(f"pipeline failed after {time.time() - t0:.0f} s: {exc} "
+                                      f"(full log with the task's traceback: {log_path})") from exc
+    res = collect_results(output, tracking_uri)
+    res.update({"seconds": round(time.time() - t0, 1), "tracking_uri": tracking_uri,
+                "log": str(log_path), "root": str(root)})
+    (root / "results.json").write_text(json.dumps(res, indent=2))
     return res
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--manifest", required=True, help="bilingual manifest (local path or s3://)")
+def add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `refseg pipeline run` and `refseg run-local` (same names as the DAG's
+    parameters; old spellings kept as aliases)."""
     p.add_argument("--root", default="runs/local", help="folder for everything (default runs/local)")
     p.add_argument("--languages", default="zh,en", help="comma-separated (default zh,en)")
-    p.add_argument("--preset", default="small", help="model preset or YAML (default small)")
-    p.add_argument("--train-steps", type=int, default=0, help="0 = the preset's default")
+    p.add_argument("--steps", "--train-steps", dest="steps", type=int, default=0,
+                   help="training steps; 0 = the config's default")
     p.add_argument("--no-crf", action="store_true", help="evaluate without DenseCRF")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def languages_of(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.description = ("Run the whole Kubeflow DAG (check translations, tokenize, then per language "
+                     "train, evaluate, register) on this machine through kfp.local.")
+    p.add_argument("--manifest", required=True, help="bilingual manifest (local path or s3://)")
+    add_pipeline_options(p)
+    p.add_argument("--config", "--preset", dest="config", default="small",
+                   help="model/training config: preset name or YAML file (default small)")
     p.add_argument("--split", default="val", help="evaluation split (default val)")
     p.add_argument("--margin", type=float, default=0.0, help="promotion margin on the gate metric")
     p.add_argument("--floor", type=float, default=0.3,
                    help="a first model becomes champion only above this gate value (default 0.3)")
     p.add_argument("--max-fail-rate", type=float, default=0.05, help="translation gate threshold")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--zh-vectors", default="", help="pretrained Chinese word vectors (optional)")
     p.add_argument("--en-vectors", default="", help="pretrained English word vectors (optional)")
-    p.add_argument("--verbose", action="store_true", help="show every log line of every task")
 
 
 def run(args) -> int:
-    langs = [x.strip() for x in args.languages.split(",") if x.strip()]
-    bad = [x for x in langs if x not in ("zh", "en")]
-    if bad:
-        raise ValueError(f"unknown language(s) {bad}; use zh and/or en")
-    res = run_pipeline(args.manifest, root=args.root, languages=langs, preset=args.preset,
-                       train_steps=args.train_steps, crf=not args.no_crf, eval_split=args.split,
-                       margin=args.margin, floor=args.floor, max_fail_rate=args.max_fail_rate, seed=args.seed,
-                       zh_vectors=args.zh_vectors, en_vectors=args.en_vectors, verbose=args.verbose)
+    res = run_pipeline(args.manifest, root=args.root, languages=languages_of(args.languages),
+                       config=args.config, steps=args.steps, crf=not args.no_crf,
+                       split=args.split, margin=args.margin, floor=args.floor,
+                       max_fail_rate=args.max_fail_rate, seed=args.seed,
+                       zh_vectors=args.zh_vectors, en_vectors=args.en_vectors,
+                       verbose=args.verbose > 0)
     print(f"pipeline finished in {res['seconds']} s")
     print_results(res, args.root, res["tracking_uri"], args.split)
     return 0

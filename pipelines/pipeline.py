@@ -1,5 +1,6 @@
 """The DAG: check translations -> tokenize -> for each language (ParallelFor): train -> evaluate ->
-register. The same pipeline runs under ``kfp.local`` and on a Kubeflow Pipelines cluster."""
+register; then one results step collects every branch. The same pipeline runs under ``kfp.local``
+and on a Kubeflow Pipelines cluster."""
 
 
 from kfp import dsl, kubernetes
@@ -8,6 +9,7 @@ from pipelines.steps import (
     check_translations_op,
     evaluate_op,
     register_op,
+    results_op,
     tokenize_op,
     train_op,
 )
@@ -41,18 +43,20 @@ def _on_cluster(task):
 def refseg_pipeline(
     manifest_uri: str,
     languages: list = ["zh", "en"],  # noqa: B006 - KFP pipeline parameter default
-    preset: str = "small",
-    train_steps: int = 0,
+    config: str = "small",
+    steps: int = 0,
     crf: bool = True,
-    eval_split: str = "val",
-    promotion_margin: float = 0.0,
-    promotion_floor: float = 0.3,
+    split: str = "val",
+    margin: float = 0.0,
+    floor: float = 0.3,
     max_fail_rate: float = 0.05,
-    mlflow_uri: str = "",
+    tracking_uri: str = "",
     zh_vectors: str = "",
     en_vectors: str = "",
     seed: int = 0,
-):
+) -> str:
+    """The parameters keep the names of the CLI flags and step functions they reach. Returns the
+    results step's JSON (check counts and report, per-language metrics, reports, registration)."""
     check = check_translations_op(manifest_uri=manifest_uri, max_fail_rate=max_fail_rate)
     _on_cluster(check)
     check.set_display_name("check translations").set_retry(num_retries=2)
@@ -65,23 +69,31 @@ def refseg_pipeline(
     tok.set_cpu_limit("4").set_memory_limit("8G")
 
     with dsl.ParallelFor(items=languages, name="per-language") as lang:
-        tr = train_op(data=tok.outputs["data"], lang=lang, preset=preset, steps=train_steps,
-                      seed=seed, mlflow_uri=mlflow_uri)
+        tr = train_op(data=tok.outputs["data"], lang=lang, config=config, steps=steps,
+                      seed=seed, tracking_uri=tracking_uri)
         _on_cluster(tr)
         tr.set_display_name("train")
         tr.set_accelerator_type(TRAIN_ACCELERATOR).set_accelerator_limit(TRAIN_GPUS)
         tr.set_cpu_limit(TRAIN_CPU).set_memory_limit(TRAIN_MEMORY)
         tr.set_retry(num_retries=3)  # safe: a restarted train step resumes from its checkpoint
 
-        ev = evaluate_op(model=tr.outputs["model"], data=tok.outputs["data"], split=eval_split,
-                         crf=crf, run_id=tr.outputs["Output"], mlflow_uri=mlflow_uri)
+        ev = evaluate_op(model=tr.outputs["model"], data=tok.outputs["data"], lang=lang,
+                         split=split, crf=crf, run_id=tr.outputs["Output"],
+                         tracking_uri=tracking_uri)
         _on_cluster(ev)
         ev.set_display_name("evaluate").set_retry(num_retries=2)
         ev.set_cpu_limit("8").set_memory_limit("16G")
 
-        reg = register_op(run_id=tr.outputs["Output"], margin=promotion_margin,
-                          floor=promotion_floor,
-                          mlflow_uri=mlflow_uri, pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        reg = register_op(run_id=tr.outputs["Output"], lang=lang, margin=margin, floor=floor,
+                          tracking_uri=tracking_uri, pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         reg.after(ev)
         _on_cluster(reg)
         reg.set_display_name("register").set_caching_options(False)
+
+    results = results_op(check_summary=check.outputs["summary"],
+                         check_report=check.outputs["report"],
+                         evaluations=dsl.Collected(ev.outputs["Output"]),
+                         registrations=dsl.Collected(reg.outputs["result"]))
+    _on_cluster(results)
+    results.set_display_name("results").set_caching_options(False)
+    return results.output

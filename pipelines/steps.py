@@ -6,6 +6,10 @@ installed, so nothing is installed at run time (``install_kfp_package=False``). 
 (SubprocessRunner, use_venv=False) they run in the current environment instead.
 
 The function bodies are shipped to the executor as source, so every import sits inside them.
+Each step configures the ``refseg`` loggers first, so its progress lines (``[train zh] ...``)
+reach the task's log. Knobs keep one name from the CLI flag to the pipeline parameter to the
+component to the function (``config``, ``steps``, ``split``, ``margin``, ``floor``,
+``tracking_uri``, ...).
 """
 
 
@@ -28,13 +32,19 @@ def check_translations_op(
     validation_site: Output[Artifact],
     summary: Output[Artifact],
 ):
-    """Great Expectations checks of every EN/ZH pair; clean manifest + quarantine + report."""
+    """Great Expectations checks of every EN/ZH pair.
+
+    Inputs: manifest_uri (bilingual manifest, local or s3://), max_fail_rate (the gate).
+    Outputs: clean (manifest of rows that pass), quarantine (refused rows with reasons),
+    report (HTML), validation_site (the Data Docs site), summary (JSON counts)."""
     import os
     import shutil
     import tempfile
 
+    from components import logs
     from components.check_translations import check_translations
 
+    logs.configure()
     out = tempfile.mkdtemp(prefix="check-")
     result = check_translations(manifest_uri, out, max_fail_rate=max_fail_rate)
     shutil.copyfile(os.path.join(out, "clean.parquet"), clean.path)
@@ -55,9 +65,14 @@ def tokenize_op(
     seed: int,
     data: Output[Dataset],
 ):
-    """jieba / English tokens, vocabularies, word vectors, encoded shards."""
+    """jieba / English tokens, vocabularies, word vectors, encoded shards.
+
+    Inputs: clean (manifest), zh_vectors / en_vectors (optional word-vector files), seed.
+    Outputs: data (the tokenize folder: manifest, vocabularies, embeddings, shards)."""
+    from components import logs
     from components.tokenize import tokenize
 
+    logs.configure()
     summary = tokenize(
         clean.path,
         data.path,
@@ -72,21 +87,27 @@ def tokenize_op(
 def train_op(
     data: Input[Dataset],
     lang: str,
-    preset: str,
+    config: str,
     steps: int,
     seed: int,
-    mlflow_uri: str,
+    tracking_uri: str,
     model: Output[Model],
 ) -> str:
-    """Train one language's model; returns the MLflow run id."""
+    """Train one language's model.
+
+    Inputs: data (tokenize folder), lang, config (preset name or YAML), steps (0 = the config's),
+    seed, tracking_uri (MLflow; empty = the environment's).
+    Outputs: model (checkpoints, tokenizer, summary); returns the MLflow run id."""
     import os
 
-    if mlflow_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow_uri
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    from components import logs
     from components.train import train
 
-    summary = train(data.path, lang, config=preset, out_dir=model.path,
-                    steps=steps or None, seed=seed, quiet=True)
+    logs.configure()
+    summary = train(data.path, lang, config=config, out_dir=model.path,
+                    steps=steps or None, seed=seed)
     model.metadata["run_id"] = summary["run_id"]
     model.metadata["lang"] = lang
     model.metadata["best_val_overall_iou"] = summary.get("best_val_overall_iou")
@@ -97,57 +118,109 @@ def train_op(
 def evaluate_op(
     model: Input[Model],
     data: Input[Dataset],
+    lang: str,
     split: str,
     crf: bool,
     run_id: str,
-    mlflow_uri: str,
+    tracking_uri: str,
     metrics: Output[Metrics],
     report: Output[HTML],
     per_sample: Output[Dataset],
-):
-    """IoU and Precision@X with and without DenseCRF; metrics shown by the KFP UI."""
+) -> str:
+    """IoU and Precision@X with and without DenseCRF; metrics shown by the KFP UI.
+
+    Inputs: model (train output), data (tokenize folder), lang, split, crf, run_id (the training
+    run the metrics are logged to), tracking_uri.
+    Outputs: metrics, report (HTML), per_sample (Parquet); returns a JSON summary
+    (lang, split, metrics, report and per_sample URIs) for the pipeline's results step."""
+    import json
     import math
     import os
     import shutil
     import tempfile
 
-    if mlflow_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow_uri
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    from components import logs
     from components.evaluate import evaluate
 
+    logs.configure()
     out = tempfile.mkdtemp(prefix="eval-")
     result = evaluate(
         os.path.join(model.path, "checkpoints", "best.pt"), data.path, split=split, crf=crf,
         out_dir=out, run_id=run_id,
     )
-    for name, value in result["metrics"].items():
-        if isinstance(value, (int, float)) and not math.isnan(value):
-            metrics.log_metric(name, float(value))
+    finite = {k: float(v) for k, v in result["metrics"].items()
+              if isinstance(v, (int, float)) and not math.isnan(v)}
+    for name, value in finite.items():
+        metrics.log_metric(name, value)
     shutil.copyfile(os.path.join(out, "report.html"), report.path)
     shutil.copyfile(os.path.join(out, "per_sample.parquet"), per_sample.path)
+    return json.dumps({"lang": lang, "split": split, "metrics": finite, "report": report.uri,
+                       "per_sample": per_sample.uri})
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register_op(
     run_id: str,
+    lang: str,
     margin: float,
     floor: float,
-    mlflow_uri: str,
+    tracking_uri: str,
     pipeline_run: str,
 ) -> NamedTuple("Registration", [("name", str), ("version", str), ("status", str),
-                                 ("champion", bool), ("reason", str)]):
+                                 ("champion", bool), ("reason", str), ("result", str)]):
     """Register the run's model and move the ``champion`` alias when it wins the gate.
 
-    A refused model (NaN gate metric) is not an error of the pipeline: the step reports it."""
+    Inputs: run_id (training run), lang (of that run, echoed in result), margin and floor (the promotion gate), tracking_uri,
+    pipeline_run (recorded on the version). Outputs: name, version, status, champion, reason,
+    and result (the same as one JSON object). A refused model (NaN gate metric) is not an error
+    of the pipeline: the step reports it."""
+    import json
     import os
     from collections import namedtuple
 
-    if mlflow_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow_uri
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    from components import logs
     from components.register import register
 
+    logs.configure()
     r = register(run_id, margin=margin, floor=floor, pipeline_run=pipeline_run)
-    print(f"[register] {r['name']} v{r['version']}: {r['status']} ({r['reason']})", flush=True)
-    out = namedtuple("Registration", ["name", "version", "status", "champion", "reason"])
+    logs.get_logger("register").info("%s v%s: %s (%s)", r["name"], r["version"], r["status"],
+                                     r["reason"])
     version = "" if r["version"] is None else str(r["version"])
-    return out(r["name"], version, str(r["status"]), bool(r["champion"]), str(r["reason"] or ""))
+    result = {"lang": lang, "name": r["name"], "version": version, "status": str(r["status"]),
+              "champion": bool(r["champion"]), "reason": str(r["reason"] or "")}
+    out = namedtuple("Registration", ["name", "version", "status", "champion", "reason",
+                                      "result"])
+    return out(r["name"], version, result["status"], result["champion"], result["reason"],
+               json.dumps(result))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def results_op(
+    check_summary: Input[Artifact],
+    check_report: Input[HTML],
+    evaluations: list,
+    registrations: list,
+) -> str:
+    """The run's results in one JSON object (the pipeline's output).
+
+    Inputs: check_summary and check_report (of the check step), evaluations and registrations
+    (each language's JSON results, collected over the per-language branches).
+    Returns: {"check": {...counts..., "report": URI}, "languages": {lang: {"metrics",
+    "evaluation_report", "per_sample", "registration"}}}."""
+    import json
+
+    with open(check_summary.path, encoding="utf-8") as fh:
+        check = json.load(fh)
+    check["report"] = check_report.uri
+    registered = {r["lang"]: r for r in map(json.loads, registrations)}
+    languages = {}
+    for ev in map(json.loads, evaluations):
+        languages[ev["lang"]] = {"split": ev["split"], "metrics": ev["metrics"],
+                                 "evaluation_report": ev["report"],
+                                 "per_sample": ev["per_sample"],
+                                 "registration": registered.get(ev["lang"])}
+    return json.dumps({"check": check, "languages": languages}, sort_keys=True)

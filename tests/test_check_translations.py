@@ -17,8 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from components import check_translations as ct
-from components import manifest as mf
-from components import zh
+from components.checks.compute import CHECK_DESCRIPTIONS, CHECKS, CheckConfig, compute_checks
+from components.checks.lexicon import DEFAULT_LEXICON, LexiconError, load_lexicon
+from components.checks.masks import rle_validate
+from components.data import manifest as mf
+from components.text import zh
 
 
 def write_raw_manifest(df: pd.DataFrame, path: str) -> str:
@@ -109,7 +112,7 @@ def planted_run(synth_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("check")
     path = write_raw_manifest(df, str(root / "faulty.parquet"))
     out = root / "out"
-    result = ct.check_translations(path, str(out), max_fail_rate=0.05, progress=False)
+    result = ct.check_translations(path, str(out), max_fail_rate=0.05)
     return {"df": df, "planted": planted, "out": out, "result": result, "path": path}
 
 
@@ -162,15 +165,15 @@ def test_report_names_failing_expectations_and_rows(planted_run):
     assert res["report"].endswith("index.html") and os.path.isfile(res["report"])
     assert Path(res["report"]).is_relative_to(planted_run["out"] / "gx")
     page = Path(res["validation_page"]).read_text(encoding="utf-8")
-    for check in ct.CHECKS:
-        assert ct.CHECK_DESCRIPTIONS[check].split(":")[0] in page
+    for check in CHECKS:
+        assert CHECK_DESCRIPTIONS[check].split(":")[0] in page
     assert "translation_checks" in page
     df = planted_run["df"]
     i = planted_run["planted"]["swapped left/right"][0][0]
     assert df.at[i, "sample_id"] in page  # failing rows are listed by id
     exp = res["great_expectations"]["expectations"]
     assert not res["great_expectations"]["success"]
-    for check in ct.CHECKS:
+    for check in CHECKS:
         assert exp[check]["expectation"] == "expect_column_values_to_be_null"
         assert exp[check]["success"] is False and exp[check]["unexpected_count"] >= 1
     assert exp["sample_id_unique"]["unexpected_count"] == 2
@@ -181,7 +184,7 @@ def test_gate_stops_over_threshold_from_the_cli(planted_run, tmp_path, capsys):
 
     out = tmp_path / "gate"
     rc = main(["check-translations", "--manifest", planted_run["path"], "--out", str(out),
-               "--max-fail-rate", "0.01"])
+               "--max-fail-rate", "0.01", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1
     n_bad = planted_run["result"]["rows_quarantined"]
@@ -207,7 +210,7 @@ def test_synthetic_dataset_gives_no_flag_through_the_cli(synth_dataset, tmp_path
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows_quarantined"] == 0, summary["examples"]
-    assert summary["per_check"] == {c: 0 for c in ct.CHECKS}
+    assert summary["per_check"] == {c: 0 for c in CHECKS}
     assert summary["great_expectations"]["success"] is True
     assert summary["rows_clean"] == summary["rows_in"] == len(
         mf.read_manifest(str(out / "clean.parquet")))
@@ -238,8 +241,8 @@ def test_meaning_and_script_on_hand_made_pairs():
         ("the dog", "那只狗\ufffd"),                                     # replacement character
         ("the elephant", "锟斤拷大象"),                                   # GBK mojibake
     ]
-    reasons, _ = ct.compute_checks(_pairs_frame(pairs), log=lambda *a: None)
-    flat = [[f"{c}: {r}" for c in ct.CHECKS for r in reasons[c].iat[i]] for i in range(len(pairs))]
+    reasons, _ = compute_checks(_pairs_frame(pairs))
+    flat = [[f"{c}: {r}" for c in CHECKS for r in reasons[c].iat[i]] for i in range(len(pairs))]
     assert flat[0] == [] and flat[1] == [] and flat[5] == [] and flat[6] == [] and flat[7] == []
     assert any("contradiction: en says left" in x for x in flat[2])
     assert any("contradiction: en says two but zh says three" in x for x in flat[3])
@@ -252,20 +255,20 @@ def test_meaning_and_script_on_hand_made_pairs():
 def test_lexicon_is_extendable_and_errors_name_the_line(tmp_path):
     extra = tmp_path / "mine.tsv"
     extra.write_text("# mine\nstar\tstar\tboth\tstar|stars\t五角星|星形\n", encoding="utf-8")
-    lex = ct.load_lexicon([ct.DEFAULT_LEXICON, str(extra)])
+    lex = load_lexicon([DEFAULT_LEXICON, str(extra)])
     assert "star" in lex.concepts and "left" in lex.concepts
     df = _pairs_frame([("the red star", "红色的圆形"), ("the stars", "五角星")])
-    reasons, _ = ct.compute_checks(df, lexicon=lex, log=lambda *a: None)
+    reasons, _ = compute_checks(df, lexicon=lex)
     assert any("en 'star' has no 五角星" in x for x in reasons["meaning"].iat[0])
     assert reasons["meaning"].iat[1] == []
     bad = tmp_path / "bad.tsv"
     bad.write_text("# c\ncolour\tteal\tsometimes\tteal\t青色\n", encoding="utf-8")
-    with pytest.raises(ct.LexiconError, match=r"bad\.tsv, line 2: check must be one of"):
-        ct.load_lexicon(str(bad))
+    with pytest.raises(LexiconError, match=r"bad\.tsv, line 2: check must be one of"):
+        load_lexicon(str(bad))
     dup = tmp_path / "dup.tsv"
     dup.write_text("colour\tred\tboth\tred\t红\n", encoding="utf-8")
-    with pytest.raises(ct.LexiconError, match="concept 'red' already defined"):
-        ct.load_lexicon([ct.DEFAULT_LEXICON, str(dup)])
+    with pytest.raises(LexiconError, match="concept 'red' already defined"):
+        load_lexicon([DEFAULT_LEXICON, str(dup)])
 
 
 def test_rle_validation_matches_pycocotools_and_rejects_garbage():
@@ -281,11 +284,11 @@ def test_rle_validation_matches_pycocotools_and_rejects_garbage():
         sizes.append(rle["size"])
         areas.append(int(mask_utils.area({"size": rle["size"],
                                           "counts": rle["counts"].encode()})))
-    ok, area, problem = ct.rle_validate(counts, sizes)
+    ok, area, problem = rle_validate(counts, sizes)
     assert ok.all() and area.tolist() == areas and set(problem) == {""}
     bad_counts = [counts[0] + "1", "", "ab!", counts[1][:-1] + "o", counts[2]]
     bad_sizes = [sizes[0], sizes[1], [4, 4], sizes[1], [0, 5]]
-    ok, _, problem = ct.rle_validate(bad_counts, bad_sizes)
+    ok, _, problem = rle_validate(bad_counts, bad_sizes)
     assert not ok.any()
     assert "size says" in problem[0] and "non-empty" in problem[1] and "alphabet" in problem[2]
     assert "ends inside a number" in problem[3] and "size must be" in problem[4]
@@ -293,8 +296,8 @@ def test_rle_validation_matches_pycocotools_and_rejects_garbage():
 
 def test_length_band_configured_and_bad_arguments(tmp_path):
     df = _pairs_frame([("the dog", "狗"), ("the big brown dog on the left", "狗")])
-    cfg = ct.CheckConfig(length_band=(0.5, 2.0))
-    reasons, stats = ct.compute_checks(df, cfg, log=lambda *a: None)
+    cfg = CheckConfig(length_band=(0.5, 2.0))
+    reasons, stats = compute_checks(df, cfg)
     assert stats["length_band"]["source"] == "configured"
     assert reasons["length"].iat[0] == []
     assert reasons["length"].iat[1] == ["ratio out of band: (1+1)/(7+1) = 0.25 not in [0.50, 2.00]"]
@@ -303,11 +306,11 @@ def test_length_band_configured_and_bad_arguments(tmp_path):
 
 
 def test_s3_manifest_and_output(synth_dataset, s3_bucket):
-    from components import storage
+    from components.data import storage
 
     df = mf.read_manifest(str(Path(synth_dataset) / "manifest.parquet")).iloc[:40]
     src = mf.write_manifest(df, f"{s3_bucket}/in/manifest.parquet")
-    res = ct.check_translations(src, f"{s3_bucket}/out", progress=False)
+    res = ct.check_translations(src, f"{s3_bucket}/out")
     assert res["rows_in"] == res["rows_clean"] == 40 and res["rows_quarantined"] == 0
     assert res["report"] == f"{s3_bucket}/out/gx/uncommitted/data_docs/local_site/index.html"
     assert storage.exists(res["report"]) and storage.exists(res["validation_page"])

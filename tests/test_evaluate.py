@@ -23,8 +23,8 @@ import time
 import numpy as np
 import pytest
 
-from components.crf import CRFParams, CRFPool, crop_box, refine, refine_many
-from components.metrics import intersection_union, iou, ious, precision_at, summarize
+from components.evaluation.crf import CRFParams, CRFPool, crop_box, refine, refine_many
+from components.evaluation.metrics import intersection_union, iou, ious, precision_at, summarize
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -279,11 +279,11 @@ def test_metrics_and_report_logged_to_the_training_run(evaluated):
 
 
 def test_sanity_flags_a_model_that_ignores_language():
-    from components.evaluate import _sanity
+    from components.evaluation.sanity import sanity_row
 
     rows = [{"intersection": 50, "union": 100}, {"intersection": 30, "union": 100}]
     shuffled = {0: (49, 100), 1: (30, 100)}  # barely changes
-    s = _sanity(rows, shuffled, {"images_used": 1, "images_skipped_single_object": 2}, 0.1, "val")
+    s = sanity_row(rows, shuffled, {"images_used": 1, "images_skipped_single_object": 2}, 0.1)
     assert s["uses_language"] is False and "NOT using the language" in s["message"]
     assert s["images_skipped_single_object"] == 2
 
@@ -334,7 +334,7 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
 def test_report_draws_three_attention_levels(tmp_path):
     import pandas as pd
 
-    from components.report import example_figure, render_report
+    from components.evaluation.report import example_figure, render_report
 
     img, prob, gt = _scene(1, size=96, centre=(40, 50), radii=(20, 25))
     ex = {"sample_id": "s1", "kind": "best", "image": img, "gt": gt, "prob": prob,

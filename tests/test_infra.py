@@ -332,7 +332,7 @@ def test_every_referenced_secret_is_documented(rendered, training_job):
 def test_pipeline_s3_config_is_documented_and_routes_storage_to_the_endpoint(s3_bucket, s3_endpoint,
                                                                              tmp_path):
     """A pipeline step gets Secret refseg-s3-credentials mounted as ~/.aws (docs/readme/infra.md):
-    with no AWS_* variable at all, components.storage must find the endpoint in the documented
+    with no AWS_* variable at all, components.data.storage must find the endpoint in the documented
     ``config`` file and the keys in ``credentials`` (real boto3 against moto's S3 server)."""
     doc = INFRA_DOC.read_text()
     m = re.search(r"cat > s3-config\.ini <<EOF\n(.*?)\nEOF\n", doc, re.S)
@@ -347,7 +347,7 @@ def test_pipeline_s3_config_is_documented_and_routes_storage_to_the_endpoint(s3_
         "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
     env["HOME"] = str(tmp_path / "home")
-    code = ("import sys; from components.storage import read_bytes, write_bytes; "
+    code = ("import sys; from components.data.storage import read_bytes, write_bytes; "
             "write_bytes(sys.argv[1], b'via ~/.aws'); print(read_bytes(sys.argv[1]).decode())")
     uri = f"{s3_bucket}/probe/config.txt"
     proc = subprocess.run([sys.executable, "-c", code, uri], capture_output=True, text=True,
@@ -530,7 +530,7 @@ def test_dockerignore_keeps_secrets_and_clutter_out():
              if ln.strip() and not ln.startswith("#")]
     assert lines[0] == "*", "allow-list: everything is excluded first"
     allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "model", "components", "pipelines"}
+    assert allowed == {"pyproject.toml", "README.md", "model", "components", "pipelines", "configs"}
     for pattern in ("**/.venv*/", "**/runs/", "**/.git/", "**/.pytest_cache/", "**/.env",
                     "**/*.pem", "**/*.key", "**/.aws/", "**/credentials", "**/.kube/"):
         assert pattern in lines, pattern

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -28,29 +27,26 @@ def test_local_pipeline_end_to_end(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
     root = tmp_path / "run"
-    res = run_pipeline(str(data / "manifest.parquet"), root=str(root), languages=("zh", "en"),
-                       preset=str(cfg), train_steps=8, crf=True, seed=0, floor=0.0)
-    run_dir = Path(res["run_dir"])
-    # every step's outputs exist
-    assert (run_dir / "check-translations-op" / "clean").stat().st_size > 0
-    assert (run_dir / "check-translations-op" / "report").read_text().lower().count("<html") >= 1
-    summary = json.loads((run_dir / "check-translations-op" / "summary").read_text())
-    assert summary["rows_in"] == summary["rows_clean"] + summary["rows_quarantined"]
-    tok = run_dir / "tokenize-op" / "data"
+    res = run_pipeline(str(data / "manifest.parquet"), root=str(root), languages=["zh", "en"],
+                       config=str(cfg), steps=8, crf=True, seed=0, floor=0.0)
+    # the check step's outputs, found through the pipeline's own results
+    assert Path(res["validation_report"]).read_text().lower().count("<html") >= 1
+    summary = res["check_summary"]
+    assert summary["rows_in"] == summary["rows_clean"] + summary["rows_quarantined"] > 0
+    pipeline_root = root / "pipeline"
     for lang in ("zh", "en"):
-        assert (tok / f"vocab_{lang}.json").exists()
-        assert (tok / "shards" / lang / "train.npz").exists()
-    for i, lang in enumerate(("zh", "en")):
-        it = run_dir / f"for-loop-1-iteration-{i}"
-        assert (it / "train-op" / "model" / "checkpoints" / "best.pt").exists()
-        assert (it / "evaluate-op" / "report").exists()
-        assert (it / "evaluate-op" / "per_sample").exists()
+        assert any(pipeline_root.rglob(f"data/vocab_{lang}.json"))
+        assert any(pipeline_root.rglob(f"data/shards/{lang}/train.npz"))
         r = res["languages"][lang]
+        assert Path(r["evaluation_report"]).read_text().lower().count("<html") >= 1
+        assert Path(r["per_sample"]).stat().st_size > 0
         assert 0.0 <= r["metrics"]["val_overall_iou"] <= 1.0
         assert "val_overall_iou_crf" in r["metrics"]
         # a champion is registered for each language (floor 0: the first version wins)
+        assert r["registration"]["lang"] == lang and r["registration"]["champion"] is True
         assert r["versions"] == [1]
         assert r["champion"] == 1
+    assert len(list(pipeline_root.rglob("model/checkpoints/best.pt"))) == 2
     # the MLflow store lives under the run folder
     assert (root / "mlflow.db").exists()
     assert any((root / "mlartifacts").rglob("best.pt"))
@@ -59,3 +55,20 @@ def test_local_pipeline_end_to_end(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=res["tracking_uri"])
     versions = client.search_model_versions("name='bilingual-refseg-zh'")
     assert len(versions) == 1
+
+
+def test_a_failed_task_is_one_line_naming_the_log(tmp_path):
+    """A manifest that does not exist fails the first task: the runner says which, and where the
+    log with the task's traceback is; the CLI prints that as one line and exits 1."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "pipelines.cli", "pipeline", "run", "--manifest",
+                        str(tmp_path / "missing.parquet"), "--root", str(root), "--steps", "1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("refseg: error: pipeline failed") and "pipeline.log" in last
+    assert "check-translations" in last
+    assert "Traceback" in (root / "pipeline.log").read_text()

@@ -35,10 +35,11 @@ def test_compiled_yaml_is_kfp_ir_that_loads_back(compiled):
     assert spec["pipelineInfo"]["name"] == "bilingual-refseg"
     assert set(spec["components"]) >= {
         "comp-check-translations-op", "comp-tokenize-op", "comp-train-op", "comp-evaluate-op",
-        "comp-register-op", "comp-for-loop-1",
+        "comp-register-op", "comp-results-op", "comp-for-loop-1",
     }
     # every step runs in the project image and installs nothing at run time
-    for name in ("check-translations-op", "tokenize-op", "train-op", "evaluate-op", "register-op"):
+    for name in ("check-translations-op", "tokenize-op", "train-op", "evaluate-op", "register-op",
+                 "results-op"):
         c = _executor(spec, name)
         assert c["image"] == "registry.example/refseg:test"
         assert "pip install" not in " ".join(c.get("command", []))
@@ -69,9 +70,9 @@ def test_parameter_defaults(compiled):
     _, spec = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["languages"]["defaultValue"] == ["zh", "en"]
-    assert params["preset"]["defaultValue"] == "small"
+    assert params["config"]["defaultValue"] == "small"
     assert params["crf"]["defaultValue"] is True
-    assert params["promotion_margin"]["defaultValue"] == 0.0
+    assert params["margin"]["defaultValue"] == 0.0
     assert params["max_fail_rate"]["defaultValue"] == 0.05
     assert "defaultValue" not in params["manifest_uri"]  # required
 
@@ -166,7 +167,8 @@ def test_every_step_is_an_mlflow_client_with_the_s3_secret(compiled):
     docs = list(yaml.safe_load_all(path.read_text()))
     platform = next(d for d in docs if "platforms" in d)
     execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    names = ("check-translations-op", "tokenize-op", "train-op", "evaluate-op", "register-op")
+    names = ("check-translations-op", "tokenize-op", "train-op", "evaluate-op", "register-op",
+             "results-op")
     assert set(execs) == {f"exec-{n}" for n in names}
     for cfg in execs.values():
         assert cfg["podMetadata"]["labels"] == {"refseg.io/mlflow-client": "true"}

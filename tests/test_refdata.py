@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from components import manifest as mf
-from components.refdata import GroupedSampler, RefDataError, RefDataset, collate_grouped
+from components.data import manifest as mf
+from components.data.refdata import GroupedSampler, RefDataError, RefDataset, collate_grouped
 
 
 def test_items_group_all_expressions_of_an_image(data_dir):
@@ -119,7 +119,7 @@ def test_sampler_caps_shuffles_and_shards():
 
 
 def test_images_from_s3_through_the_cache(data_dir, s3_bucket, tmp_path):
-    from components import storage
+    from components.data import storage
 
     df = mf.read_manifest(str(data_dir / "manifest.parquet"))
     moved = tmp_path / "data"

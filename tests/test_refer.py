@@ -25,10 +25,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from components import manifest as mf
-from components import storage
-from components.refer import VALID_SPLIT_BY, ReferImportError, import_refer, read_translations
-from components.safe_pickle import UnsafePickleError, safe_loads
+from components.data import manifest as mf
+from components.data import storage
+from components.data.refer.quarantine import Quarantine
+from components.data.safe_pickle import UnsafePickleError, safe_loads
+from components.import_refer import (
+    VALID_SPLIT_BY,
+    ReferImportError,
+    import_refer,
+    read_translations,
+)
 
 MAX_PIXELS = 20_000  # the fixture's "huge" images exceed it; the good ones are far below
 
@@ -529,23 +535,21 @@ def test_py2_pickle_is_really_py2_shaped(corpus):
 
 
 def test_translation_table_errors(tmp_path):
-    from components.refer import _Quarantine
-
     bad = tmp_path / "zh.txt"
     bad.write_text("x")
     with pytest.raises(ReferImportError, match=r"zh\.txt: unknown translation table format"):
-        read_translations(str(bad), _Quarantine())
+        read_translations(str(bad), Quarantine())
     nocol = tmp_path / "zh.csv"
     nocol.write_text("id,zh\n1,狗\n")
     with pytest.raises(ReferImportError, match=r"zh\.csv: translation table lacks column\(s\) "
                                                r"sent_id, text_zh"):
-        read_translations(str(nocol), _Quarantine())
+        read_translations(str(nocol), Quarantine())
     bom = tmp_path / "bom.csv"  # spreadsheet export: UTF-8 byte order mark before the header
     bom.write_bytes(b"\xef\xbb\xbfsent_id,text_zh\n7," + "猫".encode() + b"\n")
-    assert read_translations(str(bom), _Quarantine())[0] == {7: "猫".encode()}
+    assert read_translations(str(bom), Quarantine())[0] == {7: "猫".encode()}
     jl = tmp_path / "t.jsonl"
     jl.write_text('{"sent_id": 1, "text_zh": "狗"}\n{broken\n{"sent_id": "x1", "text_zh": "猫"}\n')
-    q = _Quarantine()
+    q = Quarantine()
     table, info = read_translations(str(jl), q)
     assert table == {1: "狗"} and info["rows"] == 3
     assert [(r["record_id"], r["code"]) for r in q.rows] == [("line 2", "bad_row"),
@@ -581,7 +585,7 @@ def test_cli(corpus, tmp_path, capsys):
 
 
 def test_cli_hostile_pickle_one_line(tmp_path, capsys):
-    from components import refer
+    from components import import_refer as refer
 
     (tmp_path / "refcoco").mkdir()
     (tmp_path / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(_Payload(tmp_path / "m"), 2))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.register import VersionInfo, decide
+from components.registry.promotion import VersionInfo, decide
 
 pytestmark = pytest.mark.slow
 
@@ -211,13 +211,9 @@ def test_predictor_jpeg_draft_and_exif_orientation(tiny_model):
     size and matches the full-resolution decode."""
     import pandas as pd
 
-    from components.pyfunc_model import (
-        InputError,
-        RefSegPredictor,
-        decode_image,
-        decode_image_for,
-        decode_mask_png,
-    )
+    from components.codec import decode_png as decode_mask_png
+    from components.serving.predictor import RefSegPredictor
+    from components.serving.requests import InputError, decode_image, decode_image_for
 
     ckpt, tok = tiny_model
     pred = RefSegPredictor(str(ckpt), str(tok))
@@ -239,6 +235,52 @@ def test_predictor_jpeg_draft_and_exif_orientation(tiny_model):
         pred.predict_frame(pd.DataFrame({"image": [raw, raw], "text": [ZH, "  "]}))
     with pytest.raises(InputError, match="row 0: image is a string but not valid base64"):
         pred.predict_frame(pd.DataFrame({"image": ["%%%"], "text": [ZH]}))
+
+
+# Serving imports only the network, the tokenizer and the mask codec.
+_NOT_SERVING = ("great_expectations", "kfp", "components.train", "components.training",
+                "components.refer", "components.import_refer", "components.checks",
+                "components.check_translations", "components.tokenize", "components.evaluate",
+                "components.evaluation", "components.register", "components.registry")
+
+_FRESH = r"""
+import json, sys
+import mlflow, pandas as pd
+m = mlflow.pyfunc.load_model(sys.argv[1])
+out = m.predict(pd.DataFrame({"image": [open(sys.argv[2], "rb").read()], "text": [sys.argv[3]]}))
+print("RESULT " + json.dumps({"rows": len(out), "cols": list(out.columns), "modules": sorted(sys.modules),
+      "code": sys.modules["components.serving.pyfunc"].__file__}))
+"""
+
+
+def test_saved_pyfunc_imports_only_serving(tiny_model, tmp_path):
+    """A saved pyfunc loads and predicts in a fresh interpreter without importing the checks,
+    the trainer, the refer importer or the tokenize step, and ships none of their files."""
+    from components.serving.pyfunc import save_pyfunc_model
+
+    ckpt, tok = tiny_model
+    path = save_pyfunc_model(str(tmp_path / "pyfunc"), str(ckpt), str(tok), "zh",
+                             str(tmp_path / "work"))
+    img = tmp_path / "scene.png"
+    img.write_bytes(_png(40, 50))
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    res = subprocess.run([PY, "-c", _FRESH, path, str(img), ZH], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.split("RESULT ", 1)[1])
+    assert out["rows"] == 1 and out["cols"] == ["mask_png", "mask_rle", "score", "lang", "warning"]
+    assert out["code"].startswith(os.path.join(path, "code", "components"))
+    assert [m for m in out["modules"] if _not_serving(m)] == []
+    code = Path(path, "code", "components")
+    shipped = sorted(f.relative_to(code).as_posix() for f in code.rglob("*") if f.is_file())
+    assert "data/userdict_zh.txt" in shipped and "text/tokenizer.py" in shipped
+    as_modules = ["components." + f.removesuffix(".py").replace("/", ".") for f in shipped]
+    assert [m for m in as_modules if _not_serving(m)] == []
+
+
+def _not_serving(module: str) -> bool:
+    return any(module == n or module.startswith(n + ".") for n in _NOT_SERVING)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -374,24 +416,24 @@ _STRESS = r"""
 import sys, time
 from pathlib import Path
 from mlflow import MlflowClient
-from components import register as R
+from components.registry import promotion as P, store
 uri, name, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 c = MlflowClient(uri, uri)
-R._ensure_registered_model(c, name, "zh")
+store.ensure_registered_model(c, name, "zh")
 Path(sys.argv[4]).write_text("ready")
 while not Path(sys.argv[5]).exists():
     time.sleep(0.005)
 for k, g in enumerate(sys.argv[6:]):
-    tags = {R.T_RUN: f"s{seed}-{k}", R.T_GATE_METRIC: "m", R.T_GATE_VALUE: g, R.T_MARGIN: "0.0",
-            R.T_FLOOR: "0.3", R.T_ELIGIBLE: "true"}
+    tags = {P.T_RUN: f"s{seed}-{k}", P.T_GATE_METRIC: "m", P.T_GATE_VALUE: g, P.T_MARGIN: "0.0",
+            P.T_FLOOR: "0.3", P.T_ELIGIBLE: "true"}
     c.create_model_version(name, source="s3://nowhere/model", tags=tags)
-    R.converge(c, name)
+    store.converge(c, name)
 """
 
 
 def test_compare_and_set_under_three_writers(mlflow_server, tmp_path):
     """Registry-only stress: 3 processes x 3 versions with rising gates, interleaved."""
-    from components.register import _current_champion, _versions
+    from components.registry.store import current_champion, versions
 
     name = "refseg-stress"
     go = tmp_path / "go"
@@ -409,10 +451,10 @@ def test_compare_and_set_under_three_writers(mlflow_server, tmp_path):
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[-2000:] for o in outs]
     c = _client(mlflow_server)
-    infos = [VersionInfo.from_tags(v, t) for v, t in _versions(c, name)]
+    infos = [VersionInfo.from_tags(v, t) for v, t in versions(c, name)]
     assert len(infos) == 9
     expected, _ = decide(infos)
-    assert _current_champion(c, name) == expected
+    assert current_champion(c, name) == expected
     # margin 0: the fold is a running maximum, so the champion is the best version (0.83)
     assert expected == max(infos, key=lambda i: i.gate_value).version
     assert [i.gate_value for i in infos if i.version == expected] == [0.83]
@@ -433,7 +475,7 @@ import base64, io, json, sys
 import mlflow, pandas as pd
 from PIL import Image
 m = mlflow.pyfunc.load_model(sys.argv[1])
-import components.pyfunc_model as pm
+import components.serving.pyfunc as pm
 png = open(sys.argv[2], "rb").read()
 df = pd.DataFrame({"image": [png, base64.b64encode(png).decode()], "text": [sys.argv[3], sys.argv[4]]})
 out = m.predict(df)
@@ -461,7 +503,7 @@ def test_champion_loads_in_fresh_process(mlflow_server, zh_champion, tmp_path):
     assert all(0.0 <= s <= 1.0 for s in out["score"])
     assert out["cols"] == ["mask_png", "mask_rle", "score", "lang", "warning"]
     # the code came from the model's own code/ folder, not from this checkout
-    assert f"{os.sep}code{os.sep}components{os.sep}pyfunc_model.py" in out["code"]
+    assert f"{os.sep}code{os.sep}components{os.sep}serving{os.sep}pyfunc.py" in out["code"]
 
 
 def test_rest_serving(mlflow_server, zh_champion, tmp_path):
@@ -486,8 +528,8 @@ def test_rest_serving(mlflow_server, zh_champion, tmp_path):
         with urllib.request.urlopen(req, timeout=60) as r:
             preds = json.loads(r.read())["predictions"]
         assert len(preds) == 1 and preds[0]["lang"] == "zh"
-        from components.manifest import decode_mask
-        from components.pyfunc_model import decode_mask_png
+        from components.codec import decode_png as decode_mask_png
+        from components.data.manifest import decode_mask
 
         mask = decode_mask_png(preds[0]["mask_png"])
         assert mask.shape == (60, 90) and set(np.unique(mask)) <= {0, 1}

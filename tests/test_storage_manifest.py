@@ -1,4 +1,4 @@
-"""components.storage on a real S3 endpoint (moto over HTTP) and the manifest's Parquet round trip."""
+"""components.data.storage on a real S3 endpoint (moto over HTTP) and the manifest's Parquet round trip."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components import manifest as mf
-from components import storage
+from components.data import manifest as mf
+from components.data import storage
 
 
 # ------------------------------------------------------------------------------------- storage

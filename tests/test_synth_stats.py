@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from components import manifest as mf
+from components.data import manifest as mf
 from components.synth import generate
 
 
@@ -82,7 +82,7 @@ def test_synth_to_s3_and_back(s3_bucket):
     df = mf.read_manifest(summary["manifest"])
     assert len(df) == summary["expressions"]
     assert all(u.startswith(uri + "/images/") for u in df["image_uri"])
-    from components import storage
+    from components.data import storage
 
     img = Image.open(__import__("io").BytesIO(storage.read_bytes(df["image_uri"].iloc[0])))
     assert img.size == (128, 128)

@@ -1,4 +1,4 @@
-"""The tokenize step and components.zh: segmentation with the user dictionary, vocabulary and
+"""The tokenize step and components.text.zh: segmentation with the user dictionary, vocabulary and
 encoding round trips, truncation, word-vector files in three formats and their errors, coverage,
 the trained word2vec fallback, quarantine, determinism, s3. Budget: under 60 s."""
 
@@ -14,16 +14,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from components import manifest as mf
-from components import storage, zh
-from components.tokenize import (
-    VectorFileError,
-    detect_language,
-    detect_vector_format,
-    load_tokenizer,
-    load_vectors,
-    tokenize,
-)
+from components.data import manifest as mf
+from components.data import storage
+from components.text import zh
+from components.text.tokenizer import detect_language, load_tokenizer
+from components.text.vectors import VectorFileError, detect_vector_format, load_vectors
+from components.tokenize import tokenize
 
 SMALL = {"zh_dim": 16, "en_dim": 16}  # small trained vectors keep the tests fast
 
@@ -352,5 +348,5 @@ def test_s3_round_trip_and_cli(s3_bucket, tmp_path, capsys):
                "--max-len-en", "4"])
     captured = capsys.readouterr()
     assert rc == 0 and "7 kept, 0 quarantined" in captured.out
-    assert "tokenize: segmenting 7 zh texts" in captured.err
+    assert "[tokenize] segmenting 7 zh texts" in captured.err
     assert _load_npz(out / "shards/en/train.npz")["tokens"].shape == (5, 4)

@@ -8,6 +8,7 @@ on 2 cores."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,7 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from components.train import NonFiniteLossError, load_resume, resolve_config, train
+from components.train import train
+from components.training.config import load_run_config
+from components.training.state import load_resume
+from components.training.trainer import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
 # small preset narrowed for tests; the embedding size comes from tokenize (16-d below)
@@ -47,11 +51,32 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 def _baselines(data_dir: Path, lang: str, size: int) -> tuple[float, float]:
     """Overall IoU of the empty prediction (0) and of predicting the whole image."""
-    from components.refdata import RefDataset
+    from components.data.refdata import RefDataset
 
     ds = RefDataset(str(data_dir), lang, "val", size)
     fg = sum(float(ds[i]["masks"].sum()) for i in range(len(ds)))
     return 0.0, fg / (ds.num_expressions * size * size)
+
+
+class _Lines(logging.Handler):
+    """The messages of a logger, kept while the test runs (at INFO whatever the process set)."""
+
+    def __init__(self, name: str):
+        super().__init__(logging.INFO)
+        self.logger, self.lines = logging.getLogger(name), []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __enter__(self):
+        self.level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level)
 
 
 def _cli(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.Popen:
@@ -84,7 +109,7 @@ def _wait_for_resume(path: Path, proc: subprocess.Popen, min_step: int, timeout:
 
 
 # ------------------------------------------------------------------------------------------------
-def test_learns_and_tracks_in_mlflow(tmp_path_factory, tmp_path, sqlite_uri, capsys):
+def test_learns_and_tracks_in_mlflow(tmp_path_factory, tmp_path, sqlite_uri):
     """The small preset (single level, as measured in docs/readme/train.md) learns well above the
     empty and whole-image baselines on a 300-image synthetic set; the run folder follows the
     contract (tokenizer folder loadable for inference); MLflow holds params, the loss history and
@@ -100,15 +125,16 @@ def test_learns_and_tracks_in_mlflow(tmp_path_factory, tmp_path, sqlite_uri, cap
     tokenize(str(src / "manifest.parquet"), str(data_dir), zh_dim=16, en_dim=16, w2v_epochs=2)
     out = tmp_path / "run"
     steps = LEARN_STEPS
-    s = train(str(data_dir), "en", "small", str(out), steps=steps, seed=0,
-              overrides=dict(LEARN, val_every=steps // 2), tracking_uri=sqlite_uri, quiet=True)
+    with _Lines("refseg.train.en") as progress:
+        s = train(str(data_dir), "en", "small", str(out), steps=steps, seed=0,
+                  overrides=dict(LEARN, val_every=steps // 2), tracking_uri=sqlite_uri)
     empty, whole = _baselines(data_dir, "en", 64)
     best = s["best_val_overall_iou"]
     ious = [h["val_overall_iou"] for h in s["history"]]
     assert len(ious) == 2 and best == max(ious)
     assert best > max(0.15, 3 * whole, empty + 0.15), (best, whole, ious)
-    printed = capsys.readouterr().out
-    assert printed.count("val_overall_iou") == 2  # --quiet: one line per validation
+    printed = "\n".join(progress.lines)
+    assert printed.count("val_overall_iou") == 2  # one progress line per validation
     for f in ("checkpoints/best.pt", "checkpoints/last.pt", "resume.pt", "summary.json",
               "run_id.txt", "tokenizer/vocab_en.json", "tokenizer/tokenizer.json"):
         assert (out / f).is_file(), f
@@ -126,7 +152,7 @@ def test_learns_and_tracks_in_mlflow(tmp_path_factory, tmp_path, sqlite_uri, cap
     assert summary["best_val_overall_iou"] == pytest.approx(best)
     assert summary["timings"]["total_s"] >= summary["timings"]["train_steps_s"] > 0
     # OUT/tokenizer is a one-language tokenizer folder that inference loads as it is
-    from components.pyfunc_model import _load_tokenizer
+    from components.serving.pyfunc_model import _load_tokenizer
     from components.tokenize import load_tokenizer
 
     tok = load_tokenizer(str(out / "tokenizer"))
@@ -240,13 +266,13 @@ def test_ddp_two_processes_match_single_process(data_dir, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--standalone", "-m", "pipelines.cli", "train", "--data", str(data_dir),
            "--lang", "en", "--config", "small3", "--out", str(tmp_path / "two"), "--steps", "3",
-           "--seed", "2", "--deterministic", "--quiet", "--tracking-uri", uri,
+           "--seed", "2", "--deterministic", "--tracking-uri", uri,
            *_sets(dict(cfg, batch_images=2))]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert two["world_size"] == 2 and two["steps"] == 3
-    assert r.stdout.count("val_overall_iou") == 1  # only rank 0 prints
+    assert r.stderr.count("val_overall_iou") == 1  # only rank 0 logs progress
     a = _state(tmp_path / "one" / "checkpoints" / "last.pt")
     b = _state(tmp_path / "two" / "checkpoints" / "last.pt")
     moved = 0
@@ -286,19 +312,52 @@ def test_nan_loss_stops_with_message(data_dir, tmp_path, sqlite_uri):
 
 
 def test_config_resolution_and_errors(data_dir, tmp_path):
-    m, t, _ = resolve_config("small", {"lr": 1e-3, "c_m": 32, "val_every": 7}, seed=5)
+    m, t, _ = load_run_config("small", {"lr": 1e-3, "c_m": 32, "val_every": 7}, seed=5)
     assert (t.lr, t.val_every, m.c_m, m.seed, m.name) == (1e-3, 7, 32, 5, "small")
-    m, t, _ = resolve_config("paper")
+    m, t, _ = load_run_config("paper")
     assert t.lr == 2.5e-4 and m.input_size == 320 and t.batch_images == 1
     y = tmp_path / "c.yaml"
     y.write_text("base: small\ninput_size: 96\nlr: 0.01\ntrain:\n  steps: 42\n")
-    m, t, _ = resolve_config(str(y))
+    m, t, _ = load_run_config(str(y))
     assert (m.input_size, t.lr, t.steps, t.batch_images) == (96, 0.01, 42, 4)
     with pytest.raises(ValueError, match="unknown ModelConfig keys"):
-        resolve_config("small", {"no_such_key": 1})
+        load_run_config("small", {"no_such_key": 1})
     with pytest.raises(ValueError, match="neither a preset"):
-        resolve_config("tiny")
+        load_run_config("tiny")
     with pytest.raises(ValueError, match="steps must be >= 1"):
-        resolve_config("small", steps=0)
+        load_run_config("small", steps=0)
     with pytest.raises(FileNotFoundError, match="vocab_fr|no vocabulary|lang"):
         train(str(tmp_path), "en", "small", str(tmp_path / "o"), steps=1)
+
+
+def test_config_files_one_path(tmp_path):
+    """Presets and ablation rows are configs/*.yaml with model: and train: sections, read by one
+    loader: small3 is small with three levels, CLAF and 2000 steps; rows apply on any preset."""
+    import configs
+
+    assert configs.presets() == ["paper", "small", "small3"]
+    assert configs.ablation_names()[0] == "row1_baseline" and len(configs.ablation_names()) == 10
+    small, small3 = configs.read("small"), configs.read("small3")
+    assert small3["model"] == {**small["model"], "name": "small3",
+                               "levels": ["res3", "res4", "res5"], "use_claf": True}
+    assert small3["train"] == {**small["train"], "steps": 2000}
+    m, t, _ = load_run_config("small3")
+    assert (m.name, m.levels, m.use_claf, t.steps, t.lr, t.batch_images) == (
+        "small3", ["res3", "res4", "res5"], True, 2000, 3e-3, 4)
+    m, t, _ = load_run_config("ablation/row10_full")
+    assert (m.name, m.input_size, m.use_mutan, t.steps) == ("paper:row10_full", 320, True, 200_000)
+    m, t, _ = load_run_config("small:row1_baseline")
+    assert (m.name, m.levels, m.use_mutan, m.input_size, t.steps) == (
+        "small:row1_baseline", ["res5"], False, 96, 5000)
+    y = tmp_path / "run.yaml"
+    y.write_text("base: small3\nmodel:\n  c_m: 24\ntrain:\n  lr: 0.01\n")
+    m, t, explicit = load_run_config(str(y), {"steps": 7})
+    assert (m.name, m.c_m, m.use_claf, t.lr, t.steps, t.batch_images) == (
+        "small3", 24, True, 0.01, 7, 4)
+    assert "c_m" in explicit and "embed_dim" not in explicit
+    assert "embed_dim" not in load_run_config("small")[2]  # a preset's fields are not the user's
+    with pytest.raises(ValueError, match="unknown training keys"):
+        y.write_text("base: small\ntrain:\n  no_such: 1\n")
+        load_run_config(str(y))
+    with pytest.raises(ValueError, match="unknown ablation row"):
+        load_run_config("small:row99")

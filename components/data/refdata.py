@@ -1,0 +1,346 @@
+"""Grouped data loading for training and evaluation.
+
+A :class:`RefDataset` reads a tokenize output folder (its manifest and the language's shard of a
+split, through :class:`components.text.tokenized.TokenizedData`) and gives ONE ITEM PER IMAGE
+holding all of that image's expressions of the split, so that the network runs its backbone once
+per image and fans the features out to the expressions (``image_index``). Images come from a local
+path or ``s3://`` (downloaded once into ``cache_dir`` by :func:`components.data.storage.local_copy`),
+are resized to the model's input size with bilinear interpolation (antialiased, the same call as
+``model.predict``), masks are decoded from COCO RLE and resized with nearest-neighbour sampling.
+
+:class:`GroupedSampler` orders the items of an epoch: it shuffles images with a seeded generator,
+can cap the expressions per image per batch (an image with more expressions is split into several
+chunks, so every expression is still seen once per epoch), shards the order over DDP ranks like
+``DistributedSampler`` (rank r takes positions r, r + W, ...: the union of the ranks' i-th batches
+is the single-process i-th global batch) and can start part-way through an epoch (resume).
+Everything is deterministic: the same (seed, epoch) gives the same order on every machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from components.data import storage
+from components.errors import ConfigError, InputError, MissingInputError
+from components.text.tokenized import TokenizedData
+
+
+class RefDataError(InputError):
+    """The data folder is inconsistent; the message names the offending record."""
+
+
+def _tokenized(data: str | TokenizedData) -> TokenizedData:
+    return data if isinstance(data, TokenizedData) else TokenizedData(str(data))
+
+
+def load_shard(data: str | TokenizedData, lang: str, split: str) -> dict[str, np.ndarray]:
+    """The shard of ``lang`` and ``split`` as arrays, checked for shape consistency."""
+    data = _tokenized(data)
+    sh = data.read_shard(lang, split)
+    uri = data.shard_uri(lang, split)
+    ids, tok, lens = sh["sample_id"], sh["tokens"], sh["lengths"]
+    if tok.ndim != 2 or ids.shape != (tok.shape[0],) or lens.shape != (tok.shape[0],):
+        raise RefDataError(f"{uri}: inconsistent shapes sample_id {ids.shape}, tokens {tok.shape},"
+                           f" lengths {lens.shape}")
+    if len(ids):
+        bad = np.flatnonzero((lens < 1) | (lens > tok.shape[1]))
+        if len(bad):
+            raise RefDataError(f"{uri}: sample {ids[bad[0]]!r} has length {int(lens[bad[0]])} "
+                               f"outside [1, {tok.shape[1]}]")
+    return {"sample_id": ids.astype(str), "tokens": tok.astype(np.int64),
+            "lengths": lens.astype(np.int64)}
+
+
+class RefDataset:
+    """One item per image of ``split`` with all of its expressions in language ``lang``.
+
+    Item: ``{"image": float32 [3,S,S] in [0,1], "tokens": int64 [k,T], "lengths": int64 [k],
+    "masks": float32 [k,1,S,S], "sample_ids": list[str], "image_id": int, "index": int}``.
+    ``dataset[(i, (j1, j2, ...))]`` gives image ``i`` with only the expressions at positions
+    j1, j2, ... (what :class:`GroupedSampler` yields when it caps expressions per image).
+    Images are ordered by (image_id, image_uri); expressions of an image keep their shard order.
+    """
+
+    def __init__(self, data: str | TokenizedData, lang: str, split: str, input_size: int,
+                 cache_dir: str | None = None, memory_cache: bool = False):
+        import pandas as pd
+
+        data = _tokenized(data)
+        self.data_dir = data.root
+        self.lang = lang
+        self.split = split
+        self.input_size = int(input_size)
+        if self.input_size < 1:
+            raise ConfigError(f"input_size must be >= 1, got {input_size}")
+        self.cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "refseg-image-cache")
+        self.memory_cache = bool(memory_cache)
+        self._mem: dict[int, tuple[Any, Any]] = {}
+
+        shard = load_shard(data, lang, split)
+        df = data.read_manifest()
+        pos = pd.Series(np.arange(len(df)), index=df["sample_id"].to_numpy())
+        ids = [str(s) for s in shard["sample_id"]]
+        missing = [s for s in ids if s not in pos.index]
+        if missing:
+            raise RefDataError(f"{data.shard_uri(lang, split)}: sample {missing[0]!r} is not in "
+                               f"{data.manifest_uri} ({len(missing)} missing)")
+        rows = pos.loc[ids].to_numpy() if len(ids) else np.zeros(0, dtype=np.int64)
+        image_ids = df["image_id"].to_numpy()[rows]
+        uris = df["image_uri"].to_numpy()[rows]
+        masks = df["mask"].to_numpy()[rows]
+        splits = df["split"].to_numpy()[rows]
+        wrong = np.flatnonzero(splits != split)
+        if len(wrong):
+            raise RefDataError(f"sample {ids[wrong[0]]!r} is in shard {split!r} but the manifest "
+                               f"says split {str(splits[wrong[0]])!r}")
+
+        groups: dict[tuple[int, str], list[int]] = {}
+        for r, (iid, uri) in enumerate(zip(image_ids, uris, strict=True)):
+            groups.setdefault((int(iid), str(uri)), []).append(r)
+        self._keys = sorted(groups)
+        self._members = [np.asarray(groups[k], dtype=np.int64) for k in self._keys]
+        self._tokens = shard["tokens"]
+        self._lengths = shard["lengths"]
+        self._sample_ids = ids
+        self._rle = {s: m for s, m in zip(ids, masks, strict=True)}
+        self._by_image_id: dict[int, int] = {}
+        self._dup_image_ids: dict[int, list[str]] = {}
+        for i, (iid, uri) in enumerate(self._keys):
+            if iid in self._by_image_id:
+                self._dup_image_ids.setdefault(iid, [self._keys[self._by_image_id[iid]][1]])
+                self._dup_image_ids[iid].append(uri)
+            else:
+                self._by_image_id[iid] = i
+
+    # ------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @property
+    def num_expressions(self) -> int:
+        return len(self._sample_ids)
+
+    def expression_counts(self) -> list[int]:
+        """Number of expressions of each image (dataset order)."""
+        return [len(m) for m in self._members]
+
+    @property
+    def sample_ids(self) -> list[str]:
+        return list(self._sample_ids)
+
+    def image_ids(self) -> list[int]:
+        return [k[0] for k in self._keys]
+
+    def _local_image(self, uri: str) -> str:
+        return storage.local_copy(uri, self.cache_dir)
+
+    def _read_image(self, uri: str) -> np.ndarray:
+        from PIL import Image
+
+        path = self._local_image(uri)
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        except FileNotFoundError:
+            raise MissingInputError(f"image {uri}: no such file") from None
+        except OSError as exc:
+            raise RefDataError(f"image {uri} cannot be decoded: {exc}") from exc
+
+    def _resized(self, index: int):
+        """(uint8 [3,S,S] tensor, {row: uint8 [S,S] tensor}) for image ``index``."""
+        import torch
+        import torch.nn.functional as F
+
+        if index in self._mem:
+            return self._mem[index]
+        iid, uri = self._keys[index]
+        img = self._read_image(uri)
+        h, w = img.shape[:2]
+        s = self.input_size
+        x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
+        if (h, w) != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False,
+                              antialias=True).clamp_(0, 1)
+        masks = {}
+        for r in self._members[index]:
+            sid = self._sample_ids[r]
+            m = self._decode(sid)
+            if m.shape != (h, w):
+                raise RefDataError(f"sample {sid!r}: mask size {m.shape} differs from its image "
+                                   f"{uri} ({h}x{w})")
+            t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.uint8))
+            if (h, w) != (s, s):
+                t = F.interpolate(t[None, None].float(), size=(s, s), mode="nearest-exact")[0, 0]
+                t = t.to(torch.uint8)
+            masks[int(r)] = t
+        out = (x[0], masks)
+        if self.memory_cache:
+            self._mem[index] = out
+        return out
+
+    def _decode(self, sample_id: str) -> np.ndarray:
+        from components.data.manifest import decode_mask
+
+        try:
+            return decode_mask(self._rle[sample_id])
+        except KeyError:
+            raise KeyError(f"sample {sample_id!r} is not in split {self.split!r}") from None
+        except Exception as exc:  # pycocotools raises bare errors on corrupt RLE
+            raise RefDataError(f"sample {sample_id!r}: mask RLE cannot be decoded: {exc}") from exc
+
+    def __getitem__(self, key) -> dict[str, Any]:
+        import torch
+
+        if isinstance(key, (tuple, list)):
+            index, sel = int(key[0]), key[1]
+        else:
+            index, sel = int(key), None
+        if not 0 <= index < len(self):
+            raise IndexError(f"image index {index} out of range [0, {len(self)})")
+        members = self._members[index]
+        if sel is not None:
+            members = members[np.asarray(sel, dtype=np.int64)]
+        image, masks = self._resized(index)
+        return {
+            "image": image.float(),
+            "tokens": torch.from_numpy(self._tokens[members]),
+            "lengths": torch.from_numpy(self._lengths[members]),
+            "masks": torch.stack([masks[int(r)] for r in members])[:, None].float(),
+            "sample_ids": [self._sample_ids[r] for r in members],
+            "image_id": int(self._keys[index][0]),
+            "index": index,
+        }
+
+    # ------------------------------------------------------------------------------------------
+    def full_mask(self, sample_id: str) -> np.ndarray:
+        """The ground-truth mask at the original resolution (uint8 HxW of 0/1)."""
+        return self._decode(str(sample_id))
+
+    def original_image(self, image_id: int) -> np.ndarray:
+        """The image at its original resolution (uint8 HxWx3)."""
+        iid = int(image_id)
+        if iid in self._dup_image_ids:
+            raise RefDataError(f"image_id {iid} names several images in split {self.split!r}: "
+                               f"{self._dup_image_ids[iid][:3]}; use image(index)")
+        if iid not in self._by_image_id:
+            raise KeyError(f"image_id {iid} is not in split {self.split!r} of {self.data_dir}")
+        return self._read_image(self._keys[self._by_image_id[iid]][1])
+
+    def image(self, index: int) -> np.ndarray:
+        """The image of item ``index`` at its original resolution (uint8 HxWx3)."""
+        return self._read_image(self._keys[int(index)][1])
+
+
+def collate_grouped(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Items of :class:`RefDataset` -> one batch: ``images [B,3,S,S]``, ``tokens [N,T]`` (trimmed
+    to the longest expression of the batch), ``lengths [N]``, ``image_index [N]`` (which image each
+    expression belongs to), ``masks [N,1,S,S]``, ``sample_ids`` (N), ``image_ids`` (B)."""
+    import torch
+
+    if not items:
+        raise ValueError("collate_grouped: no items")
+    images = torch.stack([it["image"] for it in items])
+    tokens = torch.cat([it["tokens"] for it in items])
+    lengths = torch.cat([it["lengths"] for it in items])
+    index = torch.cat([torch.full((len(it["lengths"]),), b, dtype=torch.long)
+                       for b, it in enumerate(items)])
+    t = int(lengths.max()) if len(lengths) else 1
+    return {
+        "images": images,
+        "tokens": tokens[:, :max(t, 1)].contiguous(),
+        "lengths": lengths,
+        "image_index": index,
+        "masks": torch.cat([it["masks"] for it in items]),
+        "sample_ids": [s for it in items for s in it["sample_ids"]],
+        "image_ids": [int(it["image_id"]) for it in items],
+    }
+
+
+class GroupedSampler:
+    """Seeded order of (image, expression positions) items for one epoch, sharded over ranks.
+
+    ``counts``: expressions per image (``RefDataset.expression_counts()``). With
+    ``max_expressions`` set, an image with more expressions is split into chunks of at most that
+    many (expressions shuffled first when ``shuffle``), each chunk an item of its own. With
+    ``batch_size`` (images per rank per batch) and ``drop_last``, the epoch is cut to a multiple of
+    ``batch_size * num_replicas`` so every rank gets full, equally sized batches (padded by
+    repeating the start when the epoch is shorter than one global batch). ``set_epoch(e)`` changes
+    the permutation; ``set_start(n)`` skips this rank's first n items (resume inside an epoch).
+    """
+
+    def __init__(self, counts: Sequence[int], shuffle: bool = True, seed: int = 0,
+                 max_expressions: int | None = None, num_replicas: int = 1, rank: int = 0,
+                 batch_size: int = 1, drop_last: bool = True):
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"bad rank {rank} for {num_replicas} replicas")
+        if max_expressions is not None and int(max_expressions) < 1:
+            raise ValueError(f"max_expressions must be >= 1 or None, got {max_expressions}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.counts = [int(c) for c in counts]
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.max_expressions = None if max_expressions is None else int(max_expressions)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.batch_size = int(batch_size)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.start = 0
+
+    def set_start(self, n: int) -> None:
+        self.start = int(n)
+
+    def epoch_items(self, epoch: int | None = None) -> list:
+        """All ranks' items of ``epoch`` in global order (before sharding)."""
+        import torch
+
+        epoch = self.epoch if epoch is None else int(epoch)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        n = len(self.counts)
+        order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
+        items: list = []
+        for i in order:
+            k = self.counts[i]
+            if k == 0:
+                continue
+            cap = self.max_expressions
+            if cap is None or k <= cap:
+                items.append(i if cap is None else (i, tuple(range(k))))
+                continue
+            pos = torch.randperm(k, generator=g).tolist() if self.shuffle else list(range(k))
+            for c in range(0, k, cap):
+                items.append((i, tuple(sorted(pos[c:c + cap]))))
+        if self.drop_last and items:
+            glob = self.batch_size * self.num_replicas
+            if len(items) < glob:
+                items = (items * math.ceil(glob / len(items)))[:glob]
+            else:
+                items = items[: len(items) - len(items) % glob]
+        elif items and len(items) % self.num_replicas:
+            pad = self.num_replicas - len(items) % self.num_replicas
+            items = items + items[:pad]
+        return items
+
+    def rank_items(self, epoch: int | None = None) -> list:
+        return self.epoch_items(epoch)[self.rank::self.num_replicas]
+
+    def batches_per_epoch(self) -> int:
+        n = len(self.rank_items())
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator:
+        return iter(self.rank_items()[self.start:])
+
+    def __len__(self) -> int:
+        return max(0, len(self.rank_items()) - self.start)

@@ -1,0 +1,71 @@
+"""The evaluation in MLflow: metrics, tags and the output files logged onto the TRAINING run of the
+checkpoint (found from ``--run-id`` or the train output's ``run_id.txt``); the run keeps its
+status. Tracking store: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import time
+from typing import Any
+
+from components.data import storage
+from components.errors import InputError
+
+RUN_ID_FILE = "run_id.txt"  # written by the train step beside checkpoints/
+
+
+def resolve_run_id(checkpoint: str, run_id: str | None) -> tuple[str | None, str]:
+    """(run id, where it came from): an explicit run id, else ``<checkpoint dir>/../run_id.txt``
+    when it exists, else (None, "none")."""
+    if run_id:
+        return run_id, "argument"
+    ckpt = str(checkpoint)
+    if storage.is_s3(ckpt):
+        uri = posixpath.join(posixpath.dirname(posixpath.dirname(ckpt)), RUN_ID_FILE)
+    else:
+        uri = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(ckpt))), RUN_ID_FILE)
+    try:
+        if storage.exists(uri):
+            text = storage.read_bytes(uri).decode("utf-8").strip()
+            if text:
+                return text, uri
+    except storage.StorageError:
+        pass
+    return None, "none"
+
+
+def log_to_mlflow(run_id: str, doc: dict[str, Any], folder: str, split: str,
+                  files: tuple[str, ...]) -> None:
+    """Metrics (``{split}_...`` at the checkpoint's step), tags ``eval.{split}.*`` and ``files``
+    of ``folder`` (those that exist) under the artifact path ``evaluation/{split}``."""
+    import mlflow
+    from mlflow.entities import Metric, RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = (os.environ.get("MLFLOW_TRACKING_URI")
+           or f"sqlite:///{os.path.join(os.getcwd(), 'mlflow.db')}")
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise InputError(f"MLflow run {run_id!r} does not exist in {uri} (pass the training "
+                         "run's id, or --no-mlflow)") from exc
+    ts = int(time.time() * 1000)
+    step = int(doc.get("model", {}).get("step") or 0)
+    metrics = [Metric(k, float(v), ts, step) for k, v in doc["metrics"].items()]
+    if doc["crf"].get("enabled"):
+        metrics.append(Metric(f"{split}_crf_seconds_per_image",
+                              float(doc["crf"]["seconds_per_image"]), ts, step))
+    tags = [RunTag(f"eval.{split}.crf_mode", str(doc["crf"]["mode"])),
+            RunTag(f"eval.{split}.n_samples", str(doc["n_samples"])),
+            RunTag(f"eval.{split}.uses_language", str(doc["sanity"].get("uses_language")))]
+    client.log_batch(run_id, metrics=metrics, tags=tags)
+    for name in files:
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            client.log_artifact(run_id, path, artifact_path=f"evaluation/{split}")

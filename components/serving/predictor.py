@@ -1,0 +1,161 @@
+"""The predictor: a checkpoint, its tokenizer and its preprocessing, without MLflow. The pyfunc
+(:mod:`components.serving.pyfunc`) and ``refseg predict`` with a local checkpoint both run it.
+
+Input DataFrame: ``image`` (PNG/JPEG bytes, or the same as a base64 string, optionally a
+``data:image/...;base64,`` URL), ``text``, optional ``lang`` (``zh``/``en``; detected when absent
+or empty). Output DataFrame, one row per input row: ``mask_png`` (base64 1-bit PNG at the image's
+size, EXIF orientation applied), ``mask_rle`` (JSON ``{"size": [h, w], "counts": "..."}``, COCO
+compressed RLE), ``score`` (mean probability inside the mask, 0.0 for an empty mask), ``lang``
+(the expression's language, given or detected), ``warning`` (empty, or why the result is
+doubtful, e.g. an English expression sent to the Chinese model).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from components import codec
+from components.errors import CheckpointError
+from components.serving import model_name
+from components.serving.requests import InputError, decode_image_for, is_missing
+from components.text.tokenizer import LANGS, detect_language, load_tokenizer
+from model import load_checkpoint, predict_batch, prepare_model, select_device
+
+PREPROCESS_FORMAT = "bilingual-refseg/pyfunc-v1"
+OUTPUT_COLUMNS = ("mask_png", "mask_rle", "score", "lang", "warning")
+
+
+@dataclass
+class Preprocess:
+    """``preprocess.json`` of a registered model: its language, input size, default threshold."""
+
+    lang: str
+    input_size: int
+    threshold: float = 0.5
+    format: str = PREPROCESS_FORMAT
+
+    @classmethod
+    def read(cls, path: str) -> Preprocess:
+        with open(path, encoding="utf-8") as fh:
+            d = json.load(fh)
+        if d.get("format") != PREPROCESS_FORMAT:
+            raise CheckpointError(f"{path}: not a {PREPROCESS_FORMAT} preprocessing file")
+        return cls(lang=str(d["lang"]), input_size=int(d["input_size"]),
+                   threshold=float(d.get("threshold", 0.5)))
+
+    def write(self, path: str) -> str:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(self.__dict__, fh, indent=2, sort_keys=True)
+        return path
+
+
+class RefSegPredictor:
+    """Checkpoint + tokenizer + preprocessing, no MLflow: what the pyfunc and the CLI share."""
+
+    def __init__(self, checkpoint: str, tokenizer_dir: str, preprocess: Preprocess | None = None,
+                 device: str | None = None):
+        net, cfg, extra = load_checkpoint(checkpoint)
+        self.device = select_device(device)
+        self.net = prepare_model(net, self.device).eval()
+        self.cfg = cfg
+        lang = (preprocess.lang if preprocess else None) or extra.get("lang")
+        if lang not in LANGS:
+            raise CheckpointError(f"checkpoint {checkpoint!r}: unknown model language {lang!r}; "
+                                  f"expected one of {LANGS}")
+        self.preprocess = preprocess or Preprocess(lang=lang, input_size=cfg.input_size)
+        if self.preprocess.input_size != cfg.input_size:
+            raise CheckpointError(f"preprocess input_size {self.preprocess.input_size} differs "
+                                  f"from the checkpoint's {cfg.input_size}")
+        # A training run's folder holds its own language's vocabulary: load that one alone.
+        self.tokenizer = load_tokenizer(tokenizer_dir, self.preprocess.lang)
+
+    @property
+    def lang(self) -> str:
+        return self.preprocess.lang
+
+    # --------------------------------------------------------------------------------------------
+    def detect_language(self, text: str) -> str:
+        lang = detect_language(text)
+        return lang if lang in LANGS else self.lang
+
+    def tokens(self, text: str, lang: str, row: int | str) -> list[int]:
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"row {row}: text is empty")
+        ids, length = self.tokenizer.encode(text, lang)
+        ids = [int(i) for i in list(ids)[: int(length)]]
+        if not ids:
+            raise InputError(f"row {row}: text {text[:60]!r} gives no tokens")
+        return ids
+
+    def probabilities(self, image: np.ndarray, token_lists: list[list[int]],
+                      size: tuple[int, int] | None = None) -> np.ndarray:
+        """float32 [K, H, W]; ``size`` = the full image size when ``image`` was decoded smaller."""
+        prob = predict_batch(self.net, image, token_lists, self.device)
+        if size is not None and tuple(prob.shape[1:]) != tuple(size):
+            prob = F.interpolate(torch.from_numpy(prob)[:, None], size=tuple(size),
+                                 mode="bilinear", align_corners=False)[:, 0].numpy()
+        return prob
+
+    def row_language(self, given: Any, text: Any, row: int) -> tuple[str, str]:
+        """(the row's language, a warning or ""): given, else detected from the text."""
+        detected = is_missing(given)
+        lang = self.detect_language(text if isinstance(text, str) else "") if detected else given
+        lang = str(lang).strip().lower()
+        if lang not in LANGS:
+            raise InputError(f"row {row}: lang must be one of {LANGS}, got {given!r}")
+        if lang == self.lang:
+            return lang, ""
+        how = "detected" if detected else "given"
+        return lang, (f"expression language {lang} ({how}) differs from this model's "
+                      f"({self.lang}): tokenized with the {self.lang} vocabulary; use the "
+                      f"{model_name(lang)} model")
+
+    # --------------------------------------------------------------------------------------------
+    def predict_frame(self, df: pd.DataFrame, threshold: float | None = None) -> pd.DataFrame:
+        if not isinstance(df, pd.DataFrame):
+            df = pd.DataFrame(df)
+        missing = [c for c in ("image", "text") if c not in df.columns]
+        if missing:
+            raise InputError(f"input lacks column(s) {missing}; expected image, text[, lang]")
+        thr = float(self.preprocess.threshold if threshold is None else threshold)
+        if not 0.0 < thr < 1.0:
+            raise InputError(f"threshold must lie in (0, 1), got {thr}")
+        n = len(df)
+        images, texts = list(df["image"]), list(df["text"])
+        langs = list(df["lang"]) if "lang" in df.columns else [None] * n
+
+        # Rows sharing the same image run through the backbone once (predict_batch).
+        groups: dict[Any, list[int]] = {}
+        decoded: dict[Any, tuple[np.ndarray, tuple[int, int]]] = {}
+        row_lang, warnings, row_tokens = [], [], []
+        for i in range(n):
+            lang, warn = self.row_language(langs[i], texts[i], i)
+            row_tokens.append(self.tokens(texts[i], self.lang, i))
+            row_lang.append(lang)
+            warnings.append(warn)
+            raw = images[i]
+            key = raw if isinstance(raw, bytes | str) else hashlib.sha1(repr(raw).encode()).digest()
+            if key not in decoded:
+                decoded[key] = decode_image_for(raw, i, self.cfg.input_size)
+            groups.setdefault(key, []).append(i)
+
+        pngs, rles, scores = [""] * n, [""] * n, [0.0] * n
+        for key, rows in groups.items():
+            img, full = decoded[key]
+            probs = self.probabilities(img, [row_tokens[i] for i in rows], full)
+            for i, prob in zip(rows, probs, strict=True):
+                mask = prob >= thr
+                scores[i] = float(prob[mask].mean()) if mask.any() else 0.0
+                pngs[i] = base64.b64encode(codec.encode_png(mask)).decode("ascii")
+                rles[i] = json.dumps(codec.encode_rle(mask), separators=(",", ":"))
+        cols = dict(zip(OUTPUT_COLUMNS, (pngs, rles, scores, row_lang, warnings), strict=True))
+        return pd.DataFrame(cols)

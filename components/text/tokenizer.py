@@ -1,0 +1,155 @@
+"""The tokenizer of one or both languages: what training data was encoded with and what serving
+encodes a request with. It owns its folder's layout (``tokenizer.json``, ``vocab_<lang>.json``,
+``userdict_zh.txt``): :meth:`Tokenizer.save` writes it, :func:`load_tokenizer` reads it, and
+:meth:`Tokenizer.narrow` keeps one language (a trained model ships only its own).
+
+Imports only :mod:`components.text.zh` (jieba) and the storage layer: serving loads this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from components.errors import InputError, MissingInputError
+from components.text import zh
+
+LANGS = ("zh", "en")
+PAD, UNK = "<pad>", "<unk>"
+CONFIG_FILE = "tokenizer.json"
+USERDICT_FILE = "userdict_zh.txt"
+VERSION = 1  # tokenizer.json "version"
+
+
+def vocab_file(lang: str) -> str:
+    return f"vocab_{lang}.json"
+
+
+def detect_language(text: str | None) -> str:
+    """``"zh"`` when the text has Chinese characters at least as many as Latin words, else ``"en"``."""
+    t = text or ""
+    n_han = zh.count_han(t)
+    n_latin_words = len([w for w in zh.english_tokens(t) if zh.LATIN_RE.search(w)])
+    return "zh" if n_han > 0 and n_han >= n_latin_words else "en"
+
+
+def write_userdict(directory: str, sources: Sequence[str]) -> Path:
+    """The jieba user dictionary in effect: the files ``sources`` (the project's first, then the
+    user's) joined in order, written as the folder's ``userdict_zh.txt``. Returns its path."""
+    parts = [Path(p).read_text(encoding="utf-8-sig").rstrip("\n") for p in sources]
+    path = Path(directory, USERDICT_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return path
+
+
+class Tokenizer:
+    """Encodes one expression like the training data was encoded (see :func:`load_tokenizer`)."""
+
+    def __init__(self, config: dict, vocabs: dict[str, list[str]], userdict: str | None):
+        self.config = config
+        self.vocabs = vocabs
+        self.stoi = {lang: {w: i for i, w in enumerate(v)} for lang, v in vocabs.items()}
+        self.max_len = {k: int(v) for k, v in config["max_len"].items()}
+        self.userdict = userdict
+        self.langs = tuple(vocabs)
+
+    def tokens(self, text: str, lang: str) -> list[str]:
+        if lang == "zh":
+            extra = [self.userdict] if self.userdict else []
+            return zh.segment(text, extra_userdicts=extra, project_dict=not self.userdict)
+        if lang == "en":
+            return zh.english_tokens(text)
+        raise InputError(f"lang must be 'zh' or 'en', got {lang!r}")
+
+    def encode(self, text: str, lang: str) -> tuple[list[int], int]:
+        """(ids padded with 0 to the language's max length, number of real tokens)."""
+        if lang not in self.stoi:
+            raise InputError(f"this tokenizer has no {lang!r} vocabulary (it has {self.langs})")
+        toks = self.tokens(text, lang)[: self.max_len[lang]]
+        stoi = self.stoi[lang]
+        ids = [stoi.get(t, 1) for t in toks]
+        return ids + [0] * (self.max_len[lang] - len(ids)), len(ids)
+
+    def decode(self, ids: Iterable[int], lang: str) -> list[str]:
+        v = self.vocabs[lang]
+        return [v[i] for i in ids if i != 0]
+
+    @staticmethod
+    def detect_language(text: str) -> str:
+        return detect_language(text)
+
+    # --------------------------------------------------------------------------------------------
+    def narrow(self, lang: str) -> Tokenizer:
+        """This tokenizer with only ``lang``: per-language sections of the config keep that
+        language alone (what a trained model of that language ships)."""
+        if lang not in self.vocabs:
+            raise InputError(f"this tokenizer has no {lang!r} vocabulary (it has {self.langs})")
+        cfg = dict(self.config)
+        for key, value in list(cfg.items()):
+            if isinstance(value, dict) and value and set(value) <= set(LANGS):
+                cfg[key] = {lang: value[lang]} if lang in value else {}
+        cfg["langs"] = [lang]
+        return Tokenizer(cfg, {lang: self.vocabs[lang]}, self.userdict)
+
+    def save(self, directory: str) -> Path:
+        """Write ``tokenizer.json``, ``vocab_<lang>.json`` per language and the jieba user
+        dictionary in effect (needed for Chinese) into a local ``directory``."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        if "zh" in self.langs and not self.userdict:
+            raise MissingInputError(f"{directory}: a Chinese tokenizer needs the jieba user "
+                                    f"dictionary in effect ({USERDICT_FILE}); none is known")
+        for lang, vocab in self.vocabs.items():
+            (out / vocab_file(lang)).write_text(json.dumps(vocab, ensure_ascii=False),
+                                                encoding="utf-8")
+        (out / CONFIG_FILE).write_text(json.dumps(self.config, indent=2, ensure_ascii=False,
+                                                  sort_keys=True), encoding="utf-8")
+        if self.userdict and Path(self.userdict).resolve() != (out / USERDICT_FILE).resolve():
+            (out / USERDICT_FILE).write_bytes(Path(self.userdict).read_bytes())
+        return out
+
+
+def _local_folder(directory: str) -> str:
+    """A local copy of a tokenizer folder given as s3:// (the folder itself when local)."""
+    from components.data import storage
+
+    if not storage.is_s3(directory):
+        return directory
+    local = tempfile.mkdtemp(prefix="refseg-tok-")
+    for name in [CONFIG_FILE, USERDICT_FILE] + [vocab_file(g) for g in LANGS]:
+        uri = storage.join(directory, name)
+        if storage.exists(uri):
+            Path(local, name).write_bytes(storage.read_bytes(uri))
+    return local
+
+
+def load_tokenizer(directory: str, lang: str | None = None) -> Tokenizer:
+    """Load a tokenizer folder (a tokenize step's output or a model's ``tokenizer/``; local or
+    s3://). With ``lang``, only that language is loaded, even when ``tokenizer.json`` lists both."""
+    directory = _local_folder(str(directory))
+    cfg_path = Path(directory, CONFIG_FILE)
+    if not cfg_path.is_file():
+        raise MissingInputError(f"{cfg_path}: no such file (not a tokenize output or tokenizer "
+                                "folder?)")
+    config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    langs = list(config.get("langs", []))
+    if lang is not None and lang not in langs:
+        raise InputError(f"{cfg_path}: lists languages {langs}, not {lang!r}")
+    vocabs = {}
+    for g in [lang] if lang else langs:
+        vocab = Path(directory, vocab_file(g))
+        if not vocab.is_file():
+            raise MissingInputError(f"{vocab}: no vocabulary for language {g!r} (was tokenize "
+                                    "run with this language?)")
+        vocabs[g] = json.loads(vocab.read_text(encoding="utf-8"))
+    ud = Path(directory, USERDICT_FILE)
+    tok = Tokenizer(config, vocabs, str(ud) if ud.is_file() else None)
+    return tok.narrow(lang) if lang else tok
+
+
+def is_tokenizer_folder(directory: str) -> bool:
+    return os.path.isfile(os.path.join(str(directory), CONFIG_FILE))
