@@ -59,7 +59,7 @@ LOCAL = textwrap.dedent("""
     root, manifest, cfg, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     t0 = time.time()
     from pipelines.local_run import run_pipeline
-    run_pipeline(manifest, root=root, languages=("zh", "en"), preset=cfg, train_steps=steps,
+    run_pipeline(manifest, root=root, languages=["zh", "en"], config=cfg, steps=steps,
                  crf=True, seed=0, floor=0.0)
     print("local-seconds", round(time.time() - t0, 2))
 """)
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "images": args.images, "train_steps": args.steps, "tasks": 8,
+        "images": args.images, "train_steps": args.steps, "tasks": 9,
         "direct_seconds": [round(x, 1) for x in direct],
         "kfp_local_seconds": [round(x, 1) for x in local],
         "direct_median_s": round(d, 1), "kfp_local_median_s": round(lo, 1),

@@ -1,7 +1,7 @@
 """Run every benchmark (`make bench`) one after another and list where the results went.
 
-Each ``benchmarks/bench_<name>.py`` writes ``benchmarks/results/<name>.json``; the README quotes
-those files. ``--only tokenize,model`` runs a subset. Benchmarks measure; they assert nothing."""
+Each ``benchmarks/bench_<name>.py`` writes ``benchmarks/results/<name>.json``; docs/benchmarks.md
+quotes those files. ``--only tokenize,model`` runs a subset. Benchmarks measure; they assert nothing."""
 
 import argparse
 import importlib

@@ -84,8 +84,8 @@ def import_dataset(opts: ImportReferOptions) -> dict:
              source.instances_uri, len(source.images), len(source.anns))
     quarantine = Quarantine()
     translations, tr_info = read_translations(opts.translations, quarantine)
-    log.info("%s: %d rows, %d with a usable sent_id", opts.translations, tr_info["rows"],
-             len(translations))
+    log.info("%s: %d rows, %d translations with a unique sent_id", opts.translations,
+             tr_info["rows"], len(translations))
 
     refs = parse_refs(source.refs)
     images = check_images({i: source.images.get(i) for i in refs.image_ids()}, opts.images_root,

@@ -96,9 +96,9 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
         trainer.start_tracking()
         if dist.main:
             log.info(f"{opts.config}: {len(trainer.train_ds)} images, "
-                     f"{trainer.train_ds.num_expressions} expressions, steps "
-                     f"{trainer.steps_done + 1}-{trainer.total} on {device.type} x {dist.world}; "
-                     f"MLflow run {trainer.run_id}")
+                     f"{trainer.train_ds.num_expressions} expressions, {trainer.total} steps "
+                     f"(from step {trainer.steps_done}) on {device.type} x {dist.world}; MLflow "
+                     f"run {trainer.run_id}")
         interrupted = trainer.fit()
         if not interrupted:
             trainer.save_final()

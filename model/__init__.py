@@ -1,36 +1,41 @@
-"""Bilingual referring image segmentation network (MUTAN + LE + LA + CLAF, ACM TIST 2021)."""
+"""Bilingual referring image segmentation network (MUTAN + LE + LA + CLAF, ACM TIST 2021).
 
-from model.checkpoint import atomic_save, load_checkpoint, save_checkpoint
-from model.config import ModelConfig, ablation_rows, load_config
-from model.errors import CheckpointError, ConfigError, RefsegError
-from model.loss import segmentation_loss
-from model.network import RefSegNetwork, build_model
-from model.predict import (
-    autocast_context,
-    forward,
-    predict,
-    predict_batch,
-    prepare_model,
-    select_device,
-)
+Names are imported on first use (PEP 562), so that ``model.errors`` and ``model.config`` load
+without torch: the CLI and the steps that never run the network stay fast to start."""
 
-__all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "RefsegError",
-    "atomic_save",
-    "forward",
-    "ModelConfig",
-    "RefSegNetwork",
-    "ablation_rows",
-    "autocast_context",
-    "build_model",
-    "load_checkpoint",
-    "load_config",
-    "predict",
-    "predict_batch",
-    "prepare_model",
-    "save_checkpoint",
-    "segmentation_loss",
-    "select_device",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "CheckpointError": "model.errors",
+    "ConfigError": "model.errors",
+    "RefsegError": "model.errors",
+    "ModelConfig": "model.config",
+    "ablation_rows": "model.config",
+    "load_config": "model.config",
+    "atomic_save": "model.checkpoint",
+    "load_checkpoint": "model.checkpoint",
+    "save_checkpoint": "model.checkpoint",
+    "segmentation_loss": "model.loss",
+    "RefSegNetwork": "model.network",
+    "build_model": "model.network",
+    "autocast_context": "model.predict",
+    "forward": "model.predict",
+    "predict": "model.predict",
+    "predict_batch": "model.predict",
+    "prepare_model": "model.predict",
+    "select_device": "model.predict",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'model' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -331,7 +331,7 @@ def test_every_referenced_secret_is_documented(rendered, training_job):
 
 def test_pipeline_s3_config_is_documented_and_routes_storage_to_the_endpoint(s3_bucket, s3_endpoint,
                                                                              tmp_path):
-    """A pipeline step gets Secret refseg-s3-credentials mounted as ~/.aws (docs/readme/infra.md):
+    """A pipeline step gets Secret refseg-s3-credentials mounted as ~/.aws (docs/infrastructure.md):
     with no AWS_* variable at all, components.data.storage must find the endpoint in the documented
     ``config`` file and the keys in ``credentials`` (real boto3 against moto's S3 server)."""
     doc = INFRA_DOC.read_text()
@@ -505,7 +505,7 @@ def test_dockerfile_runs_as_numeric_non_root_user_with_entrypoint_and_healthchec
     words = [w for w, _ in runtime]
     assert words.index("USER") < words.index("ENTRYPOINT"), "USER must come before ENTRYPOINT"
     assert ("ENTRYPOINT", '["refseg"]') in runtime
-    # docs/readme/infra.md mounts the S3 secret at /home/refseg/.aws for the pipeline's steps.
+    # docs/infrastructure.md mounts the S3 secret at /home/refseg/.aws for the pipeline's steps.
     assert any(w == "ENV" and "HOME=/home/refseg" in rest for w, rest in runtime)
     health = [rest for word, rest in runtime if word == "HEALTHCHECK"]
     assert len(health) == 1 and "CMD" in health[0]

@@ -31,7 +31,7 @@ TINY = dict(input_size=64, backbone_widths=[8, 8, 16, 16], c_v=16, c_l=16, c_m=1
             convlstm_hidden=8, mutan_rank=2, le_reduction=4, batch_images=4, num_workers=0,
             log_every=1, warmup_steps=0)
 # the small preset at 64 px, single level (Res3, no CLAF/ConvLSTM: the fastest to learn on a CPU,
-# see docs/readme/train.md), 4 images a step: learns within a minute. The fault and DDP tests use
+# see docs/training.md), 4 images a step: learns within a minute. The fault and DDP tests use
 # the three-level small3 (CLAF + ConvLSTM), whose slower steps leave time to send a signal.
 LEARN = dict(input_size=64, levels=["res3"], use_claf=False, lr=3e-3, warmup_steps=50,
              batch_images=4, num_workers=0, log_every=1)
@@ -110,7 +110,7 @@ def _wait_for_resume(path: Path, proc: subprocess.Popen, min_step: int, timeout:
 
 # ------------------------------------------------------------------------------------------------
 def test_learns_and_tracks_in_mlflow(tmp_path_factory, tmp_path, sqlite_uri):
-    """The small preset (single level, as measured in docs/readme/train.md) learns well above the
+    """The small preset (single level, as measured in docs/training.md) learns well above the
     empty and whole-image baselines on a 300-image synthetic set; the run folder follows the
     contract (tokenizer folder loadable for inference); MLflow holds params, the loss history and
     the artifacts."""
@@ -152,7 +152,7 @@ def test_learns_and_tracks_in_mlflow(tmp_path_factory, tmp_path, sqlite_uri):
     assert summary["best_val_overall_iou"] == pytest.approx(best)
     assert summary["timings"]["total_s"] >= summary["timings"]["train_steps_s"] > 0
     # OUT/tokenizer is a one-language tokenizer folder that inference loads as it is
-    from components.serving.pyfunc_model import _load_tokenizer
+    from components.text.tokenizer import load_tokenizer as _load_tokenizer
     from components.tokenize import load_tokenizer
 
     tok = load_tokenizer(str(out / "tokenizer"))

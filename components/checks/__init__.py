@@ -15,9 +15,6 @@ One module per concern; the step (``components/check_translations.py``) tells th
     expectations  the Great Expectations suite, checkpoint and Data Docs (imported lazily)
     gate          the failing-share gate (TranslationGateError)
 
-Nothing here is imported by ``components/checks/__init__.py`` itself, so importing one module does
-not import pandas, jieba or Great Expectations for the others.
+The text columns are ``components.data.manifest.TEXT_COLUMN``. This ``__init__`` imports nothing,
+so importing one module does not import the others' dependencies.
 """
-
-# The text column of each language in a manifest (components.data.manifest.COLUMNS).
-TEXT_COLUMN = {"en": "text_en", "zh": "text_zh"}

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from components.checks import TEXT_COLUMN
 from components.checks.length import length_reasons
 from components.checks.lexicon import (
     DEFAULT_ALLOWLIST,
@@ -39,7 +38,7 @@ from components.data import manifest as mf
 from components.logs import get_logger
 from components.text import zh
 
-EN, ZH = TEXT_COLUMN["en"], TEXT_COLUMN["zh"]
+EN, ZH = mf.TEXT_COLUMN["en"], mf.TEXT_COLUMN["zh"]
 CHECKS = ("completeness", "script", "length", "meaning", "duplicates", "schema")
 CHECK_DESCRIPTIONS = {
     "completeness": f"completeness: {EN} and {ZH} are both non-empty after trimming",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from components.checks import TEXT_COLUMN
+from components.data.manifest import TEXT_COLUMN
 from components.text import zh
 
 # UTF-8 bytes of Chinese read as Latin-1 / cp1252: a lead byte E3-E9 (ã..é) then continuation bytes
