@@ -117,7 +117,7 @@ def bench_share(n_images: int, input_size: int = 320) -> dict:
     import torch
 
     from components.evaluation.crf import CRFParams, refine
-    from model import build_model, load_config
+    from model import build_model, forward, load_config
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the CRF runs on one core per process; compare like with like
@@ -132,7 +132,7 @@ def bench_share(n_images: int, input_size: int = 320) -> dict:
         for img, prob, _ in data:
             x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
             t = time.perf_counter()
-            model(x, tokens, lengths, index, return_attention=True)
+            forward(model, x, tokens, lengths, index, return_attention=True)
             fwd += time.perf_counter() - t
             t = time.perf_counter()
             for _ in range(3):

@@ -56,7 +56,6 @@ from components.evaluation.tracking import log_to_mlflow, resolve_run_id
 from components.logs import get_logger, progress_enabled
 from components.text.tokenized import TokenizedData
 from components.text.tokenizer import LANGS
-from model import prepare_model, select_device
 
 
 @dataclass
@@ -91,7 +90,10 @@ class EvaluateOptions:
             raise ConfigError(f"max_samples must be >= 1, got {self.max_samples}")
         if not 0 <= self.sanity_margin < 1:
             raise ConfigError(f"sanity_margin must lie in [0, 1), got {self.sanity_margin}")
-        self.out_dir = str(self.out_dir)
+        if not self.checkpoint or not self.data_dir:
+            raise ConfigError("evaluate needs a checkpoint and a data dir (the tokenize output)")
+        self.checkpoint, self.data_dir, self.out_dir = (
+            str(self.checkpoint), str(self.data_dir), str(self.out_dir))
 
     def crf_settings(self) -> CRFParams:
         return (self.crf_params or CRFParams()).replace(mode=self.crf_mode)
@@ -118,8 +120,7 @@ def evaluate(checkpoint: str | EvaluateOptions, data_dir: str | None = None,
             inputs.check_split(data, lang, split)
             texts = inputs.expressions(data, lang)
             ds = RefDataset(opts.data_dir, lang, split, cfg.input_size, cache_dir=cache)
-            dev = select_device(opts.device)
-            model = prepare_model(model, dev).eval()
+            model, dev = inputs.to_device(model, opts.device)
         if len(ds) == 0:
             raise InputError(f"split {split!r} of {opts.data_dir} has no samples for language "
                              f"{lang!r}")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from components.errors import InputError, RefsegError
 from components.provenance import EXPERIMENT
+from components.serving import model_name
 
 log = logging.getLogger("refseg.pipeline")
 
@@ -129,7 +130,7 @@ def registry_state(tracking_uri: str, lang: str) -> dict:
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    name = f"{EXPERIMENT}-{lang}"
+    name = model_name(lang)
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
     try:
         champion = int(client.get_model_version_by_alias(name, "champion").version)

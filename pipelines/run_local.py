@@ -43,12 +43,13 @@ def _dataset(root: str, images: int, seed: int) -> dict:
 def _try_it(manifest_uri: str, lang: str, tracking_uri: str) -> None:
     """A `refseg predict` command on a real validation expression, so it answers with a mask."""
     from components.data import manifest as mf
+    from components.serving import model_name
 
     df = mf.read_manifest(manifest_uri)
     row = df[df["split"] == "val"].iloc[0]
     print("\nTry the champion:")
     print(f"  export MLFLOW_TRACKING_URI={tracking_uri}")
-    print(f"  .venv/bin/refseg predict --model models:/bilingual-refseg-{lang}@champion "
+    print(f"  .venv/bin/refseg predict --model models:/{model_name(lang)}@champion "
           f"--image {row['image_uri']} --text '{row[mf.TEXT_COLUMN[lang]]}' --out mask.png")
 
 

@@ -184,7 +184,6 @@ def trained(tmp_path_factory):
         t0 = time.perf_counter()
         summary = train(data, "zh", config="small:row4_le_la", out_dir=str(root / "train_out"),
                         steps=TRAIN_STEPS, val_every=TRAIN_STEPS, seed=0, tracking_uri=uri,
-                        quiet=True,
                         overrides={"num_workers": 0, "batch_images": 4, "lr": 3e-3})
         seconds = time.perf_counter() - t0
     finally:

@@ -78,6 +78,24 @@ def test_config_roundtrip_unknown_keys_yaml_and_presets(tmp_path):
     assert load_config("small:row1_baseline").levels == ["res5"]
 
 
+def test_presets_and_rows_are_config_files(tmp_path):
+    """configs/<preset>.yaml and configs/ablation/<row>.yaml: load_config reads their model
+    section; a row is the same config by file name or on a preset."""
+    small3 = load_config("small3")
+    assert small3 == load_config("small", {"name": "small3", "levels": ["res3", "res4", "res5"],
+                                           "use_claf": True})
+    assert load_config("ablation/row3_la") == load_config("paper:row3_la")
+    assert load_config("paper:row3_la").name == "paper:row3_la"
+    assert load_config("paper:row3_la") == load_config(
+        "paper", {**ablation_rows()["row3_la"], "name": "paper:row3_la"})
+    y = tmp_path / "sections.yaml"
+    y.write_text("base: ablation/row10_full\nmodel:\n  c_m: 8\ntrain:\n  lr: 0.5\n")
+    cfg = load_config(str(y))  # the train section is the trainer's
+    assert (cfg.c_m, cfg.use_claf, cfg.input_size, cfg.name) == (8, True, 320, "paper:row10_full")
+    with pytest.raises(ValueError, match="neither a preset"):
+        load_config("ablation/row99")
+
+
 @pytest.mark.parametrize("row", ["row1_baseline", "row4_le_la", "row5_claf", "row10_full"])
 def test_ablation_rows_build_and_run(row):
     cfg = tiny(**ablation_rows()[row])

@@ -5,9 +5,9 @@ split's shard and the manifest's expressions (through :class:`TokenizedData`).""
 from __future__ import annotations
 
 from components.data import storage
-from components.data.manifest import TEXT_COLUMN
 from components.errors import CheckpointError, InputError, MissingInputError
 from components.text.tokenized import TokenizedData
+from components.text.tokenizer import LANGS
 
 
 def load_model(checkpoint: str, cache_dir: str):
@@ -21,12 +21,20 @@ def load_model(checkpoint: str, cache_dir: str):
     return load_checkpoint(storage.local_copy(checkpoint, cache_dir))
 
 
+def to_device(model, device: str | None):
+    """(the model in eval mode on ``device`` (default: cuda when present), that device)."""
+    from model import prepare_model, select_device
+
+    dev = select_device(device)
+    return prepare_model(model, dev).eval(), dev
+
+
 def language(requested: str | None, extra: dict, checkpoint: str) -> str:
     """The language asked for, else the checkpoint's."""
     lang = requested or extra.get("lang")
-    if lang not in TEXT_COLUMN:
+    if lang not in LANGS:
         raise CheckpointError(f"checkpoint {checkpoint} does not name its language "
-                              f"(extra['lang'] = {extra.get('lang')!r}); pass lang='zh' or 'en'")
+                              f"(extra['lang'] = {extra.get('lang')!r}); pass --lang zh or en")
     return lang
 
 
@@ -49,6 +57,8 @@ def check_split(data: TokenizedData, lang: str, split: str) -> None:
 
 def expressions(data: TokenizedData, lang: str) -> dict[str, dict]:
     """sample_id -> {ann_id, image_id, text} of the manifest, the text in ``lang``."""
+    from components.data.manifest import TEXT_COLUMN
+
     df = data.read_manifest()
     col = TEXT_COLUMN[lang]
     return {
