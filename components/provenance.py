@@ -25,3 +25,10 @@ def git_commit() -> str:
         return UNKNOWN
     sha = out.stdout.strip()
     return sha if out.returncode == 0 and len(sha) == 40 else UNKNOWN
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """The MLflow tracking store: ``explicit``, else ``$MLFLOW_TRACKING_URI``, else the SQLite
+    file ``mlflow.db`` in the current folder (the embedded default)."""
+    return (explicit or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{os.path.join(os.getcwd(), 'mlflow.db')}")

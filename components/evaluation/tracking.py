@@ -9,6 +9,7 @@ import posixpath
 import time
 from typing import Any
 
+from components import provenance
 from components.data import storage
 from components.errors import InputError
 
@@ -44,8 +45,7 @@ def log_to_mlflow(run_id: str, doc: dict[str, Any], folder: str, split: str,
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    uri = (os.environ.get("MLFLOW_TRACKING_URI")
-           or f"sqlite:///{os.path.join(os.getcwd(), 'mlflow.db')}")
+    uri = provenance.tracking_uri()
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri)
     try:

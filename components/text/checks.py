@@ -19,7 +19,6 @@ import numpy as np
 
 from components.text import zh
 
-TEXT_COLUMN = {"zh": "text_zh", "en": "text_en"}
 MAX_TOKEN_CHARS = 30
 
 
