@@ -37,6 +37,7 @@ from typing import Any
 
 from components import logs
 from components.errors import ConfigError, InputError
+from components.training.layout import TrainOutput
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: "terminated, state saved, run me again"
 
@@ -104,7 +105,7 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
             trainer.save_final()
         summary = trainer.summary(interrupted)
         if dist.main:
-            summary_path = Path(opts.out) / "summary.json"
+            summary_path = TrainOutput(opts.out).summary
             summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True))
             if not interrupted:
                 trainer.publish(summary_path)

@@ -18,12 +18,12 @@ _EXPORTS = {
     "segmentation_loss": "model.loss",
     "RefSegNetwork": "model.network",
     "build_model": "model.network",
-    "autocast_context": "model.predict",
-    "forward": "model.predict",
-    "predict": "model.predict",
-    "predict_batch": "model.predict",
-    "prepare_model": "model.predict",
-    "select_device": "model.predict",
+    "autocast_context": "model.inference",
+    "forward": "model.inference",
+    "predict": "model.inference",
+    "predict_batch": "model.inference",
+    "prepare_model": "model.inference",
+    "select_device": "model.inference",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -145,11 +145,11 @@ def evaluate_op(
     from components.evaluate import evaluate
 
     logs.configure()
+    from components.training.layout import TrainOutput
+
     out = tempfile.mkdtemp(prefix="eval-")
-    result = evaluate(
-        os.path.join(model.path, "checkpoints", "best.pt"), data.path, split=split, crf=crf,
-        out_dir=out, run_id=run_id,
-    )
+    result = evaluate(str(TrainOutput(model.path).best), data.path, split=split, crf=crf,
+                      out_dir=out, run_id=run_id)
     finite = {k: float(v) for k, v in result["metrics"].items()
               if isinstance(v, (int, float)) and not math.isnan(v)}
     for name, value in finite.items():

@@ -5,15 +5,13 @@ status. Tracking store: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.
 from __future__ import annotations
 
 import os
-import posixpath
 import time
 from typing import Any
 
 from components import provenance
 from components.data import storage
 from components.errors import InputError
-
-RUN_ID_FILE = "run_id.txt"  # written by the train step beside checkpoints/
+from components.training.layout import run_id_file_beside
 
 
 def resolve_run_id(checkpoint: str, run_id: str | None) -> tuple[str | None, str]:
@@ -21,11 +19,7 @@ def resolve_run_id(checkpoint: str, run_id: str | None) -> tuple[str | None, str
     when it exists, else (None, "none")."""
     if run_id:
         return run_id, "argument"
-    ckpt = str(checkpoint)
-    if storage.is_s3(ckpt):
-        uri = posixpath.join(posixpath.dirname(posixpath.dirname(ckpt)), RUN_ID_FILE)
-    else:
-        uri = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(ckpt))), RUN_ID_FILE)
+    uri = run_id_file_beside(str(checkpoint))
     try:
         if storage.exists(uri):
             text = storage.read_bytes(uri).decode("utf-8").strip()

@@ -30,6 +30,7 @@ from components.registry.promotion import (
     decide,
     decision_tags,
 )
+from components.training.layout import ARTIFACT_CHECKPOINT, ARTIFACT_TOKENIZER
 
 
 def open_client(tracking_uri: str | None):
@@ -117,9 +118,9 @@ def download_run_model(run_id: str, dst: str, tracking_uri: str) -> tuple[str, s
     """The run's ``checkpoints/best.pt`` and ``tokenizer/`` folder, downloaded under ``dst``."""
     import mlflow
 
-    ckpt = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best.pt",
+    ckpt = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT_CHECKPOINT,
                                                dst_path=dst, tracking_uri=tracking_uri)
-    tok = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="tokenizer",
+    tok = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT_TOKENIZER,
                                               dst_path=dst, tracking_uri=tracking_uri)
     return ckpt, tok
 

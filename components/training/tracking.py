@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any
 
+from components import provenance
 from components.provenance import EXPERIMENT
 
 
@@ -26,8 +27,7 @@ class Tracker:
     def __init__(self, enabled: bool, tracking_uri: str | None):
         self.enabled = enabled
         self.run_id: str | None = None
-        self.uri = (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                    or f"sqlite:///{os.path.join(os.getcwd(), 'mlflow.db')}")
+        self.uri = provenance.tracking_uri(tracking_uri)
         self._buf: list = []
         self.client = None
 

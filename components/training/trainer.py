@@ -39,6 +39,14 @@ from components.text.tokenized import TokenizedData
 from components.text.tokenizer import vocab_file
 from components.training.config import TrainConfig
 from components.training.distributed import Dist
+from components.training.layout import (
+    ARTIFACT_SUMMARY_DIR,
+    ARTIFACT_TOKENIZER,
+    BEST,
+    CHECKPOINTS,
+    LAST,
+    TrainOutput,
+)
 from components.training.schedule import optimizer_and_schedule
 from components.training.state import load_resume, rng_state, save_resume, saved_step, set_rng_state
 from components.training.tracking import Tracker, flatten
@@ -85,10 +93,11 @@ class Trainer:
                  t_start: float | None = None):
         self.data, self.lang, self.model_cfg, self.train_cfg = data, lang, model_cfg, train_cfg
         self.out, self.seed, self.config, self.explicit = Path(out), int(seed), str(config), explicit
+        self.layout = TrainOutput(self.out)
         self.dist, self.device = dist, device
         self.tracker = Tracker(dist.main, tracking_uri)
         self.log = logs.get_logger("train", lang)
-        self.resume_path = self.out / "resume.pt"
+        self.resume_path = self.layout.resume
         self.total = int(train_cfg.steps)
         self.steps_done, self.epoch, self.pos = 0, 0, 0
         self.best, self.best_step = -1.0, -1
@@ -146,7 +155,7 @@ class Trainer:
         return self.vocab_size, emb
 
     def _datasets(self) -> None:
-        cfg, size, cache = self.train_cfg, self.model_cfg.input_size, str(self.out / "cache")
+        cfg, size, cache = self.train_cfg, self.model_cfg.input_size, str(self.layout.cache)
         self.train_ds = RefDataset(self.data, self.lang, "train", size, cache_dir=cache,
                                    memory_cache=cfg.memory_cache)
         if len(self.train_ds) == 0:
@@ -236,10 +245,10 @@ class Trainer:
         resumed = self.run_id is not None
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.tokenizer_dir = self.data.export_tokenizer(self.lang, str(self.out / "tokenizer"))
+            self.tokenizer_dir = self.data.export_tokenizer(self.lang, str(self.layout.tokenizer))
             self.run_id = self.tracker.start(
                 self.run_id, run_name=f"train-{self.lang}-{self.model_cfg.name}-s{self.seed}")
-            (self.out / "run_id.txt").write_text(self.run_id + "\n")
+            self.layout.run_id_file.write_text(self.run_id + "\n")
             if not resumed:
                 self.tracker.params(self._params())
             dev_name = (torch.cuda.get_device_name(self.device) if self.device.type == "cuda"
@@ -405,7 +414,7 @@ class Trainer:
                                  self.steps_done)
             self.tracker.flush()
             if improved:
-                self.save_checkpoint("best.pt", v.overall_iou)
+                self.save_checkpoint(BEST, v.overall_iou)
             self.log.info(f"step {self.steps_done}/{self.total} loss {loss:.4f} "
                           f"val_overall_iou {v.overall_iou:.4f} val_mean_iou {v.mean_iou:.4f} "
                           f"best {self.best:.4f}@{self.best_step} ({self.elapsed():.0f} s)")
@@ -417,7 +426,7 @@ class Trainer:
         return self.elapsed_before + time.perf_counter() - self.t_start
 
     def save_checkpoint(self, name: str, val_overall_iou: float | None) -> None:
-        save_checkpoint(str(self.out / "checkpoints" / name), self.model, self.model_cfg,
+        save_checkpoint(str(self.layout.checkpoint(name)), self.model, self.model_cfg,
                         {"lang": self.lang, "vocab": vocab_file(self.lang),
                          "data_fingerprint": self.fingerprint, "step": self.steps_done,
                          "val_overall_iou": val_overall_iou})
@@ -442,15 +451,15 @@ class Trainer:
         if not self.dist.main:
             return
         last_iou = self.last_val.overall_iou if self.last_val is not None else None
-        self.save_checkpoint("last.pt", last_iou)
-        if self.val_ds is None or not (self.out / "checkpoints" / "best.pt").exists():
-            self.save_checkpoint("best.pt", last_iou)
+        self.save_checkpoint(LAST, last_iou)
+        if self.val_ds is None or not self.layout.best.exists():
+            self.save_checkpoint(BEST, last_iou)
 
     def publish(self, summary_path: Path) -> None:
         """Rank 0: best.pt, the tokenizer folder and the summary to MLflow; the run FINISHED."""
-        self.tracker.artifact(str(self.out / "checkpoints" / "best.pt"), "checkpoints")
-        self.tracker.artifact(str(self.tokenizer_dir), "tokenizer")
-        self.tracker.artifact(str(summary_path), "train")
+        self.tracker.artifact(str(self.layout.best), CHECKPOINTS)
+        self.tracker.artifact(str(self.tokenizer_dir), ARTIFACT_TOKENIZER)
+        self.tracker.artifact(str(summary_path), ARTIFACT_SUMMARY_DIR)
         if self.best >= 0:
             self.tracker.metrics({"best_val_overall_iou": self.best}, self.steps_done)
         self.tracker.end("FINISHED")
