@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from components.data import storage
+from components.data.manifest import TEXT_COLUMN
 from components.errors import ConfigError, InputError, MissingInputError
 from components.logs import get_logger
 from components.text import zh
 from components.text.checks import (
     MAX_TOKEN_CHARS,
-    TEXT_COLUMN,
     Screening,
     check_texts,
     tokenize_texts,

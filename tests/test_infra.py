@@ -33,7 +33,7 @@ INFRA = ROOT / "infra"
 OVERLAYS = sorted(p for p in (INFRA / "overlays").iterdir() if (p / "kustomization.yaml").exists())
 DOCKERFILE = ROOT / "Dockerfile"
 CRD = INFRA / "crds" / "pytorchjobs.kubeflow.org.yaml"
-INFRA_DOC = ROOT / "docs" / "readme" / "infra.md"
+INFRA_DOC = ROOT / "docs" / "infrastructure.md"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "DaemonSet"}
