@@ -64,12 +64,26 @@ class CrossLevelAttentiveFusion(nn.Module):
 
     def forward(self, ys: list[torch.Tensor], ls: torch.Tensor, order: str | None = None
                 ) -> list[torch.Tensor]:
-        """ys: per level [N, Cm, H, W] (levels may differ in size); ls [N, Cl] -> Zk per level."""
+        """ys: per level [N, Cm, H, W] (levels may differ in size); ls [N, Cl] -> Zk per level.
+
+        The 1x1 convs Q, K, V run in the caller's precision (bfloat16 under autocast); the gating,
+        the products and the sum (17) run in float32 with autocast off, and Zk is float32:
+        Sum_j Zkj is about 2e-4 of Yk at initialisation, below bfloat16's resolution (2^-8), so
+        a bfloat16 ``Yk + Sum_j Zkj`` would round it away. In float32 every ``.float()`` is a
+        no-op and the result is bit-identical to computing without this guard."""
+        qs = [self.q(y).flatten(2) for y in ys]
+        ks = [self.k(y).flatten(2) for y in ys]
+        vs = [self.v(y).flatten(2) for y in ys]
+        with torch.autocast(ys[0].device.type, enabled=False):
+            return self._fuse([y.float() for y in ys], ls.float(), [q.float() for q in qs],
+                              [k.float() for k in ks], [v.float() for v in vs], order)
+
+    def _fuse(self, ys, ls, qs, ks, vs, order: str | None) -> list[torch.Tensor]:
+        """(16)-(17) in float32 from Q(Yk), K(Yj), V(Yj) flattened to [N, C, HW]."""
         gate = ls.unsqueeze(-1)  # [N, Cl, 1]
-        qs = [gate * self.q(y).flatten(2) for y in ys]  # ls (.) Q(Yk): [N, Cl, HWk]
-        ks = [gate * self.k(y).flatten(2) for y in ys]  # ls (.) K(Yj): [N, Cl, HWj]
-        vs = [self.v(y).flatten(2) for y in ys]  # V(Yj): [N, Cm, HWj]
-        hws = [y.shape[-2] * y.shape[-1] for y in ys]
+        qs = [gate * q for q in qs]  # ls (.) Q(Yk): [N, Cl, HWk]
+        ks = [gate * k for k in ks]  # ls (.) K(Yj): [N, Cl, HWj]
+        hws = [y.shape[-2] * y.shape[-1] for y in ys]  # V(Yj): vs [N, Cm, HWj]
         order = order or self.choose_order(hws, ls.shape[1], ys[0].shape[1])
         self.last_order = order
         out = []

@@ -73,6 +73,10 @@ class ModelConfig:
     use_claf: bool = True  # off: Zk = Yk (no cross-level attention)
     claf_norm: str = "hw"  # Decision: Zkj / HWj
     claf_order: str = "auto"  # "auto" picks the cheaper association by shapes
+    # ConvLSTM over the levels: None = on when there are several levels (the rule before the
+    # switch existed, so old checkpoints rebuild the same network); True/False force it. Off with
+    # several levels: concatenation + 1x1 conv + ReLU (model/level_fusion.py).
+    use_convlstm: bool | None = None
     convlstm_hidden: int = 500
     convlstm_kernel: int = 3
     convlstm_input_norm: bool = True  # Decision: GroupNorm on each Zk (model/convlstm.py)
@@ -109,6 +113,8 @@ class ModelConfig:
                   "convlstm_hidden", "lstm_layers"):
             need(int(getattr(self, k)) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         need(self.input_size % 8 == 0, f"input_size must be a multiple of 8, got {self.input_size}")
+        need(self.use_convlstm in (None, True, False),
+             f"use_convlstm must be true, false or null, got {self.use_convlstm!r}")
         need(self.convlstm_kernel % 2 == 1 and self.head_kernel % 2 == 1, "kernels must be odd")
         if self.backbone == "narrow_resnet":
             need(len(self.backbone_widths) == 4 and len(self.backbone_blocks) == 4,
@@ -118,6 +124,13 @@ class ModelConfig:
     @property
     def lstm_hidden_size(self) -> int:
         return int(self.lstm_hidden or self.embed_dim)
+
+    @property
+    def convlstm_on(self) -> bool:
+        """Whether the network has a ConvLSTM (``use_convlstm``, or several levels when null)."""
+        if self.use_convlstm is None:
+            return len(self.levels) > 1
+        return bool(self.use_convlstm)
 
     @property
     def la_latent(self) -> int:

@@ -4,8 +4,9 @@ ConvLSTM -> 3x3 conv -> upsample (Figure 2 of the paper, eqs. (1)-(17)).
 Grouping: ``image_index`` maps each of the N expressions to one of the B images. The backbone and
 every language-independent part of the fusion (Vt W2j of (1)-(2), or the visual half of the
 concat conv) run once per image; the results are gathered per expression afterwards.
-With ``use_claf=False`` Zk = Yk; with a single level there is no ConvLSTM and the head sits on Y
-(the Table 4 single-level baseline).
+With ``use_claf=False`` Zk = Yk. The ConvLSTM is ``cfg.convlstm_on`` (by default: several levels);
+without it several levels are fused by concatenation + 1x1 conv (``LevelConcat``) and a single
+level goes to the head as Y (the Table 4 single-level baseline).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from model.coord import coord_feature
 from model.excitation import LinguisticExcitation
 from model.head import MaskHead
 from model.language import LanguageEncoder
+from model.level_fusion import LevelConcat
 from model.mutan import ConcatFusion, MutanFusion
 
 
@@ -58,7 +60,9 @@ class RefSegNetwork(nn.Module):
                      if cfg.use_claf else None)
         self.convlstm = (ConvLSTM(cfg.c_m, cfg.convlstm_hidden, cfg.convlstm_kernel,
                                   cfg.convlstm_input_norm)
-                         if len(self.levels) > 1 else None)
+                         if cfg.convlstm_on else None)
+        self.level_concat = (LevelConcat(cfg.c_m, len(self.levels))
+                             if self.convlstm is None and len(self.levels) > 1 else None)
         self.head = MaskHead(cfg.convlstm_hidden if self.convlstm is not None else cfg.c_m,
                              cfg.head_kernel)
 
@@ -99,7 +103,12 @@ class RefSegNetwork(nn.Module):
             parts.append(m)
             ys.append(self.level_out[lv](parts, ls, s))  # Yj
         zs = self.claf(ys, ls) if self.claf is not None else ys  # eqs. (16)-(17)
-        z = self.convlstm(zs) if self.convlstm is not None else zs[0]
+        if self.convlstm is not None:
+            z = self.convlstm(zs)
+        elif self.level_concat is not None:
+            z = self.level_concat(zs)  # several levels, no ConvLSTM (model/level_fusion.py)
+        else:
+            z = zs[0]
         logits = self.head(z, size=images.shape[-2:]).float()  # R
         out: dict[str, torch.Tensor | list[torch.Tensor]] = {"logits": logits}
         if return_attention:
