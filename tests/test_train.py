@@ -311,6 +311,30 @@ def test_nan_loss_stops_with_message(data_dir, tmp_path, sqlite_uri):
     assert rc == 1
 
 
+def test_frozen_backbone_without_weights_is_refused(data_dir, tmp_path, sqlite_uri, capsys):
+    """The paper preset as shipped (frozen resnet101, no weights) loads but does not train: the
+    CLI exits 1 with one line naming both settings and both ways out; either way out passes."""
+    from components.training.guards import check_trainable
+    from pipelines.cli import main
+
+    paper = load_run_config("paper")[0]  # loading still works (FLOP counts, tests)
+    rc = main(["train", "--data", str(data_dir), "--lang", "en", "--out", str(tmp_path / "p"),
+               "--config", "paper", "--steps", "1", "--tracking-uri", sqlite_uri])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1
+    for words in ("backbone_frozen: true", "backbone_weights: null", "frozen random resnet101",
+                  "--set backbone_weights=", "--set backbone_frozen=false"):
+        assert words in err[0]
+    assert not (tmp_path / "p" / "checkpoints").exists()
+    from components.training.config import parse_sets
+
+    m = load_run_config("paper", parse_sets(["backbone_frozen=false"]))[0]
+    assert m.backbone_frozen is False
+    check_trainable(m)  # train from scratch: allowed
+    check_trainable(paper.replace(backbone_weights="deeplab.pth"))  # weights given: allowed
+    check_trainable(load_run_config("small")[0])  # narrow_resnet from scratch: never refused
+
+
 def test_config_resolution_and_errors(data_dir, tmp_path):
     m, t, _ = load_run_config("small", {"lr": 1e-3, "c_m": 32, "val_every": 7}, seed=5)
     assert (t.lr, t.val_every, m.c_m, m.seed, m.name) == (1e-3, 7, 32, 5, "small")

@@ -39,6 +39,7 @@ from components.text.tokenized import TokenizedData
 from components.text.tokenizer import vocab_file
 from components.training.config import TrainConfig
 from components.training.distributed import Dist
+from components.training.guards import check_trainable
 from components.training.layout import (
     ARTIFACT_SUMMARY_DIR,
     ARTIFACT_TOKENIZER,
@@ -112,7 +113,9 @@ class Trainer:
 
     # ---- build ---------------------------------------------------------------------------------
     def build(self) -> None:
-        """Seeds, the data (vocabulary, word vectors, datasets, sampler), model and optimiser."""
+        """Seeds, the data (vocabulary, word vectors, datasets, sampler), model and optimiser;
+        a config that would train on a frozen random backbone is refused first (guards.py)."""
+        check_trainable(self.model_cfg)
         self._seed_everything()
         vocab_size, emb = self._word_vectors()
         self.fingerprint = self.data.fingerprint(self.lang)
