@@ -153,9 +153,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--steps 2000\n"
         "  refseg train --data runs/tok --lang en --config paper --out runs/en \\\n"
         "      --set backbone_weights=resnet101.pth          # on a GPU\n"
-        "  refseg train --data runs/tok --lang en --config ablation/row4_le_la --out runs/row4\n"
+        "  refseg train --data runs/tok --lang en --config ablation/row4_le_la --out runs/row4 "
+        "\\\n      --set backbone_weights=resnet101.pth          # a Table 4 row\n"
+        "  refseg train --data runs/tok --lang en --config small:row9_mutan_le_la --out r9"
+        "       # a row on CPU\n"
         "  torchrun --standalone --nproc_per_node=4 -m pipelines.cli train --data D --lang en "
-        "\\\n      --config paper --out runs/en                  # 4 processes (DDP)")
+        "\\\n      --config paper --set backbone_weights=W --out runs/en  # 4 processes (DDP)\n"
+        "A frozen resnet backbone without backbone_weights is refused (or give "
+        "--set backbone_frozen=false).")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--data", required=True, help="tokenize output folder (local or s3://)")
     p.add_argument("--lang", required=True, choices=("zh", "en"))
