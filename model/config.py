@@ -166,9 +166,9 @@ class ModelConfig:
 # they are imported only when a config is loaded by name or path, so a checkpoint loads without them.
 def ablation_rows() -> dict[str, dict[str, Any]]:
     """Table 4 (English UNC val) as config overrides, applied on top of a preset
-    (configs/ablation/<row>.yaml): single-level rows use Res5 only, concatenation fusion and no
-    ConvLSTM (the CNN-LSTM variant with a 3x3 last conv); multi-level rows use CLAF on
-    Res3/4/5. ``load_config("paper", ablation_rows()["row3_la"])`` == ``load_config("paper:row3_la")``
+    (configs/ablation/<row>.yaml): rows 1-4 use Res5 only, concatenation fusion and no ConvLSTM
+    (the CNN-LSTM variant with a 3x3 last conv); rows 5-10 use Res3/4/5 and the ConvLSTM, all but
+    row 9 with CLAF (docs/method.md, "Table 4, reconciled"). ``load_config("paper", ablation_rows()["row3_la"])`` == ``load_config("paper:row3_la")``
     but for the name."""
     import configs
 
