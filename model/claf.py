@@ -7,7 +7,9 @@ of the concatenation). Then, with Q, K, V 1x1 convs (Q, K to Cl so that ls can g
 (16) has no softmax, so the product is associative. The "cheap" order computes
 A = sum_j (ls (.) K(Yj))^T V(Yj) / HWj  (Cl x Cm, never HW x HW) first: O(HW Cl Cm) instead of
 O(HW^2 (Cl + Cm)). The "naive" order (left to right) is kept for testing. Decision: Zkj is divided
-by HWj (``claf_norm="hw"``), since the unnormalised triple product grows with HW.
+by HWj (``claf_norm="hw"``), since the unnormalised triple product grows with HW. Under autocast
+the products and the sum (17) run in float32 and Zk is float32: sum_j Zkj is about 2e-4 of Yk at
+initialisation, which a bfloat16 sum would round away (docs/method.md, Decision 27).
 """
 
 from __future__ import annotations
