@@ -11,7 +11,7 @@ resume from ``OUT/resume.pt`` when there is one, fit, write the summary. The pie
 ``components/training/``: config, trainer, distributed, state (resume file), tracking (MLflow),
 schedule, validation.
 
-Output: ``checkpoints/best.pt`` (best validation overall IoU), ``checkpoints/last.pt``,
+Output: ``checkpoints/best.pt`` (best overall IoU on ``select_split``), ``checkpoints/last.pt``,
 ``resume.pt`` (the whole training state), ``tokenizer/``, ``summary.json``, ``run_id.txt``.
 
 Faults: SIGTERM finishes the current step, writes ``resume.pt`` and exits with code 143 (the CLI;
@@ -197,7 +197,7 @@ def run(args) -> int:
         return EXIT_PREEMPTED
     if int(os.environ.get("RANK", "0")) == 0:
         best = s["best_val_overall_iou"]
-        print(f"trained {s['lang']} for {s['steps']} steps in {s['timings']['total_s']} s; best val "
-              f"overall IoU {best if best is None else round(best, 4)} at step {s['best_step']}; "
-              f"run {s['run_id']}; {args.out}/checkpoints/best.pt")
+        print(f"trained {s['lang']} for {s['steps']} steps in {s['timings']['total_s']} s; best "
+              f"{s['select_split']} overall IoU {best if best is None else round(best, 4)} at step "
+              f"{s['best_step']}; run {s['run_id']}; {args.out}/checkpoints/best.pt")
     return 0

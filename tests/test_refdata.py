@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from components.data import manifest as mf
-from components.data.refdata import GroupedSampler, RefDataError, RefDataset, collate_grouped
+from components.data.refdata import (
+    GroupedSampler,
+    PairSampler,
+    RefDataError,
+    RefDataset,
+    collate_grouped,
+)
 
 
 def test_items_group_all_expressions_of_an_image(data_dir):
@@ -116,6 +122,54 @@ def test_sampler_caps_shuffles_and_shards():
     # an epoch shorter than a global batch is padded by repeating
     tiny = GroupedSampler([2, 1], seed=0, batch_size=3)
     assert len(list(tiny)) == 3 and tiny.batches_per_epoch() == 1
+
+
+def test_pair_sampler_covers_every_pair_once_seeded_and_sharded():
+    """batching: pair: every (image, expression) pair exactly once per epoch, one seeded
+    permutation per epoch, two ranks without overlap whose i-th batches make the global i-th."""
+    counts = [1, 5, 2, 0, 7, 3, 1, 4]  # 23 pairs
+    pairs = sorted((i, (j,)) for i, k in enumerate(counts) for j in range(k))
+    s = PairSampler(counts, seed=3, batch_size=1, drop_last=False)
+    items = s.epoch_items()
+    assert len(items) == 23 and sorted(items) == pairs
+    assert items != pairs  # shuffled
+    assert items == PairSampler(counts, seed=3).epoch_items()  # deterministic with the seed
+    assert PairSampler(counts, seed=4).epoch_items() != items
+    assert s.epoch_items(1) != items and sorted(s.epoch_items(1)) == pairs
+    assert PairSampler(counts, shuffle=False, drop_last=False).epoch_items() == pairs
+    # 2 ranks x 2 pairs: disjoint shards, the union of their i-th batches is the global i-th
+    one = PairSampler(counts, seed=3, batch_size=4)
+    two = [PairSampler(counts, seed=3, batch_size=2, num_replicas=2, rank=r) for r in (0, 1)]
+    glob, per = list(one), [list(t) for t in two]
+    assert len(glob) == 20 and one.batches_per_epoch() == 5  # 23 cut to whole global batches
+    assert len(per[0]) == len(per[1]) == 10 and not set(per[0]) & set(per[1])
+    assert sorted(per[0] + per[1]) == sorted(glob) and set(glob) <= set(pairs)
+    for i in range(5):
+        assert sorted(per[0][2 * i:2 * i + 2] + per[1][2 * i:2 * i + 2]) == sorted(
+            glob[4 * i:4 * i + 4])
+    # resume inside an epoch: the rest of the same order
+    two[1].set_start(4)
+    assert list(two[1]) == per[1][4:] and len(two[1]) == 6
+    two[1].set_epoch(1)
+    assert list(two[1]) == two[1].epoch_items(1)[1::2]
+
+
+def test_pair_items_are_groups_of_one(data_dir):
+    """A pair is the dataset's item with one expression; a batch of pairs is one image each."""
+    ds = RefDataset(str(data_dir), "en", "train", input_size=32)
+    cached = RefDataset(str(data_dir), "en", "train", input_size=32, memory_cache=True)
+    s = PairSampler(ds.expression_counts(), seed=0, batch_size=3)
+    assert len(s.epoch_items()) == ds.num_expressions - ds.num_expressions % 3
+    keys = list(s)[:3]
+    b = collate_grouped([ds[k] for k in keys])
+    assert b["images"].shape == (3, 3, 32, 32) and b["image_index"].tolist() == [0, 1, 2]
+    assert b["masks"].shape == (3, 1, 32, 32) and b["tokens"].shape[0] == 3
+    for n, (i, (j,)) in enumerate(keys):
+        full = ds[i]
+        assert b["sample_ids"][n] == full["sample_ids"][j]
+        assert torch.equal(b["masks"][n], full["masks"][j])
+        assert torch.equal(cached[(i, (j,))]["masks"][0], full["masks"][j])
+        assert torch.equal(b["images"][n], full["image"])
 
 
 def test_images_from_s3_through_the_cache(data_dir, s3_bucket, tmp_path):

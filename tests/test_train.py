@@ -385,3 +385,113 @@ def test_config_files_one_path(tmp_path):
         load_run_config(str(y))
     with pytest.raises(ValueError, match="unknown ablation row"):
         load_run_config("small:row99")
+
+
+# ------------------------------------------------------------------------------------------------
+PAIR = dict(TINY, levels=["res3"], use_claf=False, batching="pair", batch_size=4, lr=3e-3,
+            resume_every=100)
+
+
+def test_pair_batching_learns_and_selects_on_the_named_split(data_dir, tmp_path, sqlite_uri):
+    """batching: pair: each step takes batch_size image-expression pairs; the loss is finite and
+    goes down; select_split=testA validates on testA, names the metrics after it and records it
+    in best.pt's extra and in summary.json."""
+    import mlflow
+
+    from model import load_checkpoint
+
+    out = tmp_path / "run"
+    steps = 24
+    s = train(str(data_dir), "en", "small", str(out), steps=steps, seed=0,
+              overrides=dict(PAIR, val_every=12, select_split="testA"), tracking_uri=sqlite_uri)
+    assert (s["batching"], s["select_split"], s["steps"]) == ("pair", "testA", steps)
+    assert [h["step"] for h in s["history"]] == [12, 24]
+    assert all("testA_overall_iou" in h and "val_overall_iou" not in h for h in s["history"])
+    st = load_resume(str(out / "resume.pt"))
+    assert st["items_in_epoch"] % 4 == 0 and st["config"]["train"]["batching"] == "pair"
+    _, _, extra = load_checkpoint(str(out / "checkpoints" / "best.pt"))
+    assert extra["select_split"] == "testA"
+    assert extra["val_overall_iou"] == pytest.approx(s["best_val_overall_iou"])
+    assert json.loads((out / "summary.json").read_text())["select_split"] == "testA"
+    client = mlflow.MlflowClient(tracking_uri=sqlite_uri)
+    run = client.get_run(s["run_id"])
+    assert "testA_overall_iou" in run.data.metrics and "best_testA_overall_iou" in run.data.metrics
+    assert "val_overall_iou" not in run.data.metrics
+    assert run.data.params["train.batching"] == "pair" and run.data.params["train.batch_size"] == "4"
+    loss = [m.value for m in sorted(client.get_metric_history(s["run_id"], "loss"),
+                                    key=lambda m: m.step)]
+    assert len(loss) == steps and np.isfinite(loss).all()
+    assert np.mean(loss[-6:]) < 0.8 * np.mean(loss[:6]), loss
+
+
+def test_pair_batching_resumes_to_identical_weights(data_dir, tmp_path, monkeypatch):
+    """A pair-mode run stopped mid-epoch (the SIGTERM path: stop after a step, resume.pt) and
+    run again to the end has the weights of an uninterrupted run."""
+    from components.training.trainer import Trainer
+
+    cfg = dict(PAIR, val_every=3)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    kw = dict(steps=7, seed=3, overrides=cfg, tracking_uri=uri, deterministic=True)
+    train(str(data_dir), "zh", "small", str(tmp_path / "ref"), **kw)
+    step = Trainer.step
+
+    def stop_after_4(self, batch):
+        res = step(self, batch)
+        self.stop_requested = self.steps_done == 4
+        return res
+
+    monkeypatch.setattr(Trainer, "step", stop_after_4)
+    s = train(str(data_dir), "zh", "small", str(tmp_path / "cut"), **kw)
+    assert s["interrupted"] and s["steps"] == 4
+    st = load_resume(str(tmp_path / "cut" / "resume.pt"))
+    assert (st["step"], st["epoch"], st["items_in_epoch"]) == (4, 0, 16)  # mid-epoch, 16 pairs
+    monkeypatch.setattr(Trainer, "step", step)
+    s = train(str(data_dir), "zh", "small", str(tmp_path / "cut"), **kw)
+    assert s["steps"] == 7 and not s["interrupted"]
+    a = _state(tmp_path / "ref" / "checkpoints" / "last.pt")
+    b = _state(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_batching_and_select_split_config(data_dir, tmp_path):
+    """paper: pair batching, 1 pair, Adam 2.5e-4; small/small3 keep image batching; val_split
+    is the old name of select_split (YAML and --set); mistakes are one-line ConfigErrors."""
+    from components.errors import ConfigError
+    from components.training.trainer import _config_diff
+
+    m, t, _ = load_run_config("paper")
+    assert (t.batching, t.batch_size, t.per_step, t.lr, t.select_split) == (
+        "pair", 1, 1, 2.5e-4, "val")
+    assert load_run_config("ablation/row1_baseline")[1].batching == "pair"
+    for preset in ("small", "small3", "small:row1_baseline"):
+        t = load_run_config(preset)[1]
+        assert (t.batching, t.per_step, t.select_split) == ("image", 4, "val")
+    assert load_run_config("small", {"val_split": "testB"})[1].select_split == "testB"
+    assert load_run_config("small", {"select_split": "testA"})[1].val_split == "testA"
+    y = tmp_path / "old.yaml"
+    y.write_text("base: small\ntrain:\n  val_split: testA\n")
+    assert load_run_config(str(y))[1].select_split == "testA"
+    assert load_run_config(str(y), {"select_split": "val"})[1].select_split == "val"
+    y.write_text("base: small\ntrain:\n  val_split: testA\n  select_split: testB\n")
+    with pytest.raises(ConfigError, match="val_split .* old name of select_split"):
+        load_run_config(str(y))
+    with pytest.raises(ConfigError, match="batching must be one of"):
+        load_run_config("small", {"batching": "pairs"})
+    with pytest.raises(ConfigError, match="max_expressions_per_image applies to batching: image"):
+        load_run_config("paper", {"max_expressions_per_image": 2})
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        load_run_config("paper", {"batch_size": 0})
+    with pytest.raises(ConfigError, match="select_split 'testC'"):
+        train(str(data_dir), "en", "small", str(tmp_path / "o"), steps=1,
+              overrides=dict(TINY, select_split="testC"))
+    # a resume file written before these fields existed (val_split, no batching) still matches
+    m, t, _ = load_run_config("small")
+    resolved = {"model": m.to_dict(), "train": t.to_dict()}
+    old = {"model": dict(resolved["model"]), "train": dict(resolved["train"], val_split="val")}
+    for k in ("batching", "batch_size", "select_split"):
+        del old["train"][k]
+    assert _config_diff(old, resolved) == []
+    old["train"]["val_split"] = "testA"
+    assert _config_diff(old, resolved) == ["train.select_split"]

@@ -14,6 +14,10 @@ chunks, so every expression is still seen once per epoch), shards the order over
 ``DistributedSampler`` (rank r takes positions r, r + W, ...: the union of the ranks' i-th batches
 is the single-process i-th global batch) and can start part-way through an epoch (resume).
 Everything is deterministic: the same (seed, epoch) gives the same order on every machine.
+
+:class:`PairSampler` (``batching: pair``, the paper's training) orders image-expression pairs
+instead: each item is one image with ONE of its expressions, every pair once per epoch, with the
+same seeding, sharding and resume offset.
 """
 
 from __future__ import annotations
@@ -152,8 +156,9 @@ class RefDataset:
         except OSError as exc:
             raise RefDataError(f"image {uri} cannot be decoded: {exc}") from exc
 
-    def _resized(self, index: int):
-        """(uint8 [3,S,S] tensor, {row: uint8 [S,S] tensor}) for image ``index``."""
+    def _resized(self, index: int, rows=None):
+        """(uint8 [3,S,S] tensor, {row: uint8 [S,S] tensor}) for image ``index``: the masks of
+        ``rows`` (all of the image's when None or when the memory cache keeps them)."""
         import torch
         import torch.nn.functional as F
 
@@ -168,7 +173,7 @@ class RefDataset:
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False,
                               antialias=True).clamp_(0, 1)
         masks = {}
-        for r in self._members[index]:
+        for r in self._members[index] if rows is None or self.memory_cache else rows:
             sid = self._sample_ids[r]
             m = self._decode(sid)
             if m.shape != (h, w):
@@ -206,7 +211,7 @@ class RefDataset:
         members = self._members[index]
         if sel is not None:
             members = members[np.asarray(sel, dtype=np.int64)]
-        image, masks = self._resized(index)
+        image, masks = self._resized(index, None if sel is None else members)
         return {
             "image": image.float(),
             "tokens": torch.from_numpy(self._tokens[members]),
@@ -307,6 +312,12 @@ class GroupedSampler:
 
         epoch = self.epoch if epoch is None else int(epoch)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return self._cut(self._ordered(g))
+
+    def _ordered(self, g) -> list:
+        """The epoch's items in order, drawn from the seeded generator ``g``."""
+        import torch
+
         n = len(self.counts)
         order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
         items: list = []
@@ -321,6 +332,10 @@ class GroupedSampler:
             pos = torch.randperm(k, generator=g).tolist() if self.shuffle else list(range(k))
             for c in range(0, k, cap):
                 items.append((i, tuple(sorted(pos[c:c + cap]))))
+        return items
+
+    def _cut(self, items: list) -> list:
+        """Whole global batches (``drop_last``) or a length divisible by the ranks."""
         if self.drop_last and items:
             glob = self.batch_size * self.num_replicas
             if len(items) < glob:
@@ -344,3 +359,29 @@ class GroupedSampler:
 
     def __len__(self) -> int:
         return max(0, len(self.rank_items()) - self.start)
+
+
+class PairSampler(GroupedSampler):
+    """Seeded order of image-expression PAIRS for one epoch (``batching: pair``), sharded over
+    ranks like :class:`GroupedSampler` (whose cutting, sharding and resume offset it shares).
+
+    Every expression of every image is one item ``(image, (position,))``: a group of one
+    expression, so :class:`RefDataset` and :func:`collate_grouped` serve it unchanged (a batch of
+    B pairs is B images, one expression each). The pairs of an epoch are one seeded permutation
+    of all pairs; ``batch_size`` counts pairs per rank per batch.
+    """
+
+    def __init__(self, counts: Sequence[int], shuffle: bool = True, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0, batch_size: int = 1,
+                 drop_last: bool = True):
+        super().__init__(counts, shuffle=shuffle, seed=seed, max_expressions=None,
+                         num_replicas=num_replicas, rank=rank, batch_size=batch_size,
+                         drop_last=drop_last)
+        self.pairs = [(i, (j,)) for i, k in enumerate(self.counts) for j in range(k)]
+
+    def _ordered(self, g) -> list:
+        import torch
+
+        if not self.shuffle:
+            return list(self.pairs)
+        return [self.pairs[p] for p in torch.randperm(len(self.pairs), generator=g).tolist()]

@@ -18,7 +18,9 @@ from components.errors import ConfigError
 @dataclass
 class TrainConfig:
     """Training fields (not architecture). Every field can be set with ``--set key=value``.
-    The defaults are the paper's training (configs/paper.yaml)."""
+    The defaults are the paper's training (configs/paper.yaml), except ``batching``, whose default
+    ``image`` keeps the grouped batches of the presets that do not name it (paper.yaml sets
+    ``pair``). ``val_split`` is an old name of ``select_split`` and still accepted."""
 
     steps: int = 200_000
     lr: float = 2.5e-4  # paper
@@ -28,12 +30,15 @@ class TrainConfig:
     weight_decay: float = 0.0
     adam_betas: list[float] = dataclasses.field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 10.0  # max global gradient norm; 0 = off
-    batch_images: int = 1  # images per process per step (each with its expressions)
-    max_expressions_per_image: int | None = None  # None = all; else chunks of at most this many
+    batching: str = "image"  # "image": an image with its expressions per item; "pair": one
+    # image-expression pair per item (the paper's)
+    batch_size: int = 1  # batching: pair: pairs per process per step
+    batch_images: int = 1  # batching: image: images per process per step (with their expressions)
+    max_expressions_per_image: int | None = None  # batching: image: None = all, else chunks
     num_workers: int = 4  # DataLoader worker processes (0 = in the main process)
     memory_cache: bool = True  # keep decoded, resized images in memory (per worker)
     val_every: int = 5000
-    val_split: str = "val"
+    select_split: str = "val"  # the split validated on during training; selects best.pt
     val_max_images: int | None = None  # None = the whole split
     val_batch_images: int = 8
     resume_every: int = 1000
@@ -50,9 +55,17 @@ class TrainConfig:
 
         need(int(self.steps) >= 1, f"steps must be >= 1, got {self.steps}")
         need(float(self.lr) > 0, f"lr must be > 0, got {self.lr}")
+        need(self.batching in BATCHING, f"batching must be one of {list(BATCHING)}, got "
+             f"{self.batching!r}")
+        need(int(self.batch_size) >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(int(self.batch_images) >= 1, f"batch_images must be >= 1, got {self.batch_images}")
         need(self.max_expressions_per_image is None or int(self.max_expressions_per_image) >= 1,
              "max_expressions_per_image must be >= 1 or null")
+        need(self.batching == "image" or self.max_expressions_per_image is None,
+             "max_expressions_per_image applies to batching: image only (a pair has one "
+             "expression); set it to null")
+        need(isinstance(self.select_split, str) and bool(self.select_split.strip()),
+             f"select_split must name a split, got {self.select_split!r}")
         need(int(self.num_workers) >= 0, "num_workers must be >= 0")
         need(int(self.val_every) >= 1, "val_every must be >= 1")
         need(int(self.resume_every) >= 1, "resume_every must be >= 1")
@@ -64,8 +77,34 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def val_split(self) -> str:
+        """The old name of ``select_split``."""
+        return self.select_split
 
-TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+    @property
+    def per_step(self) -> int:
+        """Items per process per step: pairs (``batch_size``) or images (``batch_images``)."""
+        return int(self.batch_size if self.batching == "pair" else self.batch_images)
+
+
+BATCHING = ("image", "pair")
+# old training keys still accepted in YAML and --set, and the field each one now sets
+ALIASES = {"val_split": "select_split"}
+TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) | frozenset(ALIASES)
+
+
+def _unalias(train: dict[str, Any], config: str) -> dict[str, Any]:
+    """``val_split`` -> ``select_split``; both given with different values is an error."""
+    out = dict(train)
+    for old, new in ALIASES.items():
+        if old in out:
+            value = out.pop(old)
+            if new in out and out[new] != value:
+                raise ConfigError(f"{config}: {old} ({value!r}) is the old name of {new} "
+                                  f"({out[new]!r}); set only {new}")
+            out[new] = value
+    return out
 
 
 def _coerce(value: str) -> Any:
@@ -105,13 +144,13 @@ def load_run_config(config: str, overrides: dict[str, Any] | None = None, seed: 
     own = set() if configs.is_named(config) else set(
         configs.read_file(config, train_keys=TRAIN_FIELDS)["model"])
     model_over: dict[str, Any] = {}
-    train_over: dict[str, Any] = dict(sections["train"])
+    train_over: dict[str, Any] = _unalias(sections["train"], config)
     for section, what, known in (("model", "ModelConfig", model_fields),
                                  ("train", "training", TRAIN_FIELDS)):
         bad = sorted(set(sections[section]) - known)
         if bad:
             raise ConfigError(f"{config}: unknown {what} keys {bad}; known: {sorted(known)}")
-    for k, v in (overrides or {}).items():
+    for k, v in _unalias(overrides or {}, "--set").items():
         (train_over if k in TRAIN_FIELDS else model_over)[k] = v
     explicit = own | set(model_over) | {"seed"}
     if "seed" not in own and "seed" not in model_over:

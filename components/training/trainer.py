@@ -4,10 +4,12 @@
 ``start_tracking`` (MLflow, the tokenizer folder), then ``fit``: the loop of ``step`` (one
 optimiser step), ``validate`` (keeps the best checkpoint) and ``save_resume``. Training follows
 docs/method.md: pixel-averaged BCE, Adam, polynomial decay after an optional warm-up, gradient-norm
-clipping, bfloat16 autocast on CUDA. A batch is a group of images, each with all its expressions
-(components.data.refdata): the backbone runs once per image. Under DDP each rank's loss is weighted
+clipping, bfloat16 autocast on CUDA. A batch (``batching``) is a group of images, each with all its
+expressions (``image``: the backbone runs once per image), or ``batch_size`` image-expression pairs
+(``pair``, the paper's), both from components.data.refdata. Under DDP each rank's loss is weighted
 by its share of the global batch's expressions, so the averaged gradient equals the single-process
-gradient of the same global batch.
+gradient of the same global batch. Validation runs on ``select_split`` and keeps the best
+checkpoint by its overall IoU; its metrics are named after the split (``val_*`` by default).
 
 Faults: SIGTERM finishes the current step, writes ``resume.pt`` and ends ``fit`` as interrupted
 (the MLflow run KILLED); ``resume.pt`` is also written every ``resume_every`` steps. A non-finite
@@ -32,12 +34,12 @@ import numpy as np
 import torch
 
 from components import logs
-from components.data.refdata import GroupedSampler, RefDataset, collate_grouped
+from components.data.refdata import GroupedSampler, PairSampler, RefDataset, collate_grouped
 from components.errors import ConfigError, InputError, RefsegError
 from components.provenance import git_commit
 from components.text.tokenized import TokenizedData
 from components.text.tokenizer import vocab_file
-from components.training.config import TrainConfig
+from components.training.config import ALIASES, TrainConfig
 from components.training.distributed import Dist
 from components.training.guards import check_trainable
 from components.training.layout import (
@@ -83,6 +85,22 @@ class _Window:
     expressions: int = 0
     loss: float = 0.0
     steps: int = 0
+
+
+def _config_diff(stored: dict[str, dict[str, Any]], resolved: dict[str, dict[str, Any]]):
+    """The ``section.key`` names whose stored value differs from the run's. A resume file written
+    before a field existed lacks it: it then counts as that field's default; old key names
+    (``val_split``) count as their new ones."""
+    defaults = {"model": ModelConfig().to_dict(), "train": TrainConfig().to_dict()}
+    out = []
+    for sec in ("model", "train"):
+        old = dict(stored[sec])
+        for alias, new in (ALIASES.items() if sec == "train" else ()):
+            if alias in old:
+                old.setdefault(new, old.pop(alias))
+        out += [f"{sec}.{k}" for k, v in resolved[sec].items()
+                if old.get(k, defaults[sec].get(k)) != v]
+    return out
 
 
 class Trainer:
@@ -164,18 +182,34 @@ class Trainer:
         if len(self.train_ds) == 0:
             raise InputError(f"{self.data.root}: split 'train' has no samples for language "
                              f"{self.lang!r}")
-        try:
-            self.val_ds = RefDataset(self.data, self.lang, cfg.val_split, size, cache_dir=cache,
-                                     memory_cache=cfg.memory_cache)
-            if len(self.val_ds) == 0:
-                self.val_ds = None
-        except FileNotFoundError:
-            self.val_ds = None
-        self.sampler = GroupedSampler(
-            self.train_ds.expression_counts(), shuffle=True, seed=self.seed,
-            max_expressions=cfg.max_expressions_per_image, num_replicas=self.dist.world,
-            rank=self.dist.rank, batch_size=cfg.batch_images, drop_last=True)
+        self.val_ds = self._select_dataset()
+        counts, world, rank = self.train_ds.expression_counts(), self.dist.world, self.dist.rank
+        if cfg.batching == "pair":
+            self.sampler = PairSampler(counts, shuffle=True, seed=self.seed, num_replicas=world,
+                                       rank=rank, batch_size=cfg.per_step, drop_last=True)
+        else:
+            self.sampler = GroupedSampler(
+                counts, shuffle=True, seed=self.seed,
+                max_expressions=cfg.max_expressions_per_image, num_replicas=world, rank=rank,
+                batch_size=cfg.per_step, drop_last=True)
         self.per_epoch = self.sampler.batches_per_epoch()
+
+    def _select_dataset(self) -> RefDataset | None:
+        """The ``select_split`` dataset; None (no validation) when the default ``val`` split is
+        missing or empty; another split that is missing or empty is a config error."""
+        cfg = self.train_cfg
+        split = cfg.select_split
+        try:
+            ds = RefDataset(self.data, self.lang, split, self.model_cfg.input_size,
+                            cache_dir=str(self.layout.cache), memory_cache=cfg.memory_cache)
+        except FileNotFoundError:
+            ds = None
+        if ds is not None and len(ds) == 0:
+            ds = None
+        if ds is None and split != "val":
+            raise ConfigError(f"select_split {split!r}: {self.data.root} has no samples of that "
+                              f"split for language {self.lang!r}")
+        return ds
 
     def _model(self, vocab_size: int, emb: np.ndarray | None) -> None:
         model = prepare_model(build_model(self.model_cfg, vocab_size, emb), self.device)
@@ -205,9 +239,7 @@ class Trainer:
         items_done = 0
         if self.resume_path.exists():
             st = load_resume(str(self.resume_path))
-            resolved = self.resolved
-            diff = [f"{sec}.{k}" for sec in ("model", "train") for k in resolved[sec]
-                    if st["config"][sec].get(k) != resolved[sec][k]]
+            diff = _config_diff(st["config"], self.resolved)
             if diff:
                 raise ConfigError(f"{self.resume_path} was written with a different configuration "
                                   f"({', '.join(diff[:8])}); use a fresh --out or delete it")
@@ -224,7 +256,7 @@ class Trainer:
             self.run_id, self.elapsed_before = st["run_id"], float(st["elapsed_s"])
             self.history = list(st["history"])
         self._check_ranks_agree()
-        self.pos = items_done // (self.train_cfg.batch_images * self.dist.world)
+        self.pos = items_done // (self.train_cfg.per_step * self.dist.world)
         if self.pos >= self.per_epoch:
             self.epoch, self.pos = self.epoch + 1, 0
 
@@ -320,9 +352,9 @@ class Trainer:
         from torch.utils.data import DataLoader
 
         self.sampler.set_epoch(self.epoch)
-        self.sampler.set_start(self.pos * self.train_cfg.batch_images)
+        self.sampler.set_start(self.pos * self.train_cfg.per_step)
         nw = int(self.train_cfg.num_workers)
-        return iter(DataLoader(self.train_ds, batch_size=self.train_cfg.batch_images,
+        return iter(DataLoader(self.train_ds, batch_size=self.train_cfg.per_step,
                                sampler=self.sampler, collate_fn=collate_grouped, num_workers=nw,
                                drop_last=True, pin_memory=self.device.type == "cuda",
                                prefetch_factor=4 if nw else None))
@@ -401,8 +433,14 @@ class Trainer:
             bar.update(1)
 
     # ---- validate and save ---------------------------------------------------------------------
+    @property
+    def split(self) -> str:
+        """The split validated on (``select_split``): the prefix of the validation metrics."""
+        return self.train_cfg.select_split
+
     def validate(self, loss: float) -> Validation:
-        """Validate; a better overall IoU than before writes ``checkpoints/best.pt``."""
+        """Validate on ``select_split``; a better overall IoU than before writes
+        ``checkpoints/best.pt``."""
         t_val = time.perf_counter()
         v = validate(self.model, self.val_ds, self.dist, self.train_cfg.val_batch_images,
                      self.train_cfg.val_max_images)
@@ -411,15 +449,16 @@ class Trainer:
         improved = v.overall_iou > self.best
         if improved:
             self.best, self.best_step = v.overall_iou, self.steps_done
-        self.history.append({"step": self.steps_done, **v.metrics()})
+        sp = self.split
+        self.history.append({"step": self.steps_done, **v.metrics(sp)})
         if self.dist.main:
-            self.tracker.metrics({**v.metrics(), "best_val_overall_iou": self.best},
+            self.tracker.metrics({**v.metrics(sp), f"best_{sp}_overall_iou": self.best},
                                  self.steps_done)
             self.tracker.flush()
             if improved:
                 self.save_checkpoint(BEST, v.overall_iou)
             self.log.info(f"step {self.steps_done}/{self.total} loss {loss:.4f} "
-                          f"val_overall_iou {v.overall_iou:.4f} val_mean_iou {v.mean_iou:.4f} "
+                          f"{sp}_overall_iou {v.overall_iou:.4f} {sp}_mean_iou {v.mean_iou:.4f} "
                           f"best {self.best:.4f}@{self.best_step} ({self.elapsed():.0f} s)")
         self.window.start = time.perf_counter()  # validation time is not training throughput
         return v
@@ -432,7 +471,7 @@ class Trainer:
         save_checkpoint(str(self.layout.checkpoint(name)), self.model, self.model_cfg,
                         {"lang": self.lang, "vocab": vocab_file(self.lang),
                          "data_fingerprint": self.fingerprint, "step": self.steps_done,
-                         "val_overall_iou": val_overall_iou})
+                         "val_overall_iou": val_overall_iou, "select_split": self.split})
 
     def save_resume(self) -> None:
         if not self.dist.main:
@@ -441,7 +480,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "rng": rng_state(), "step": self.steps_done,
             "epoch": self.epoch,
-            "items_in_epoch": self.pos * self.train_cfg.batch_images * self.dist.world,
+            "items_in_epoch": self.pos * self.train_cfg.per_step * self.dist.world,
             "run_id": self.run_id, "best_val": self.best, "best_step": self.best_step,
             "config": self.resolved, "data_fingerprint": self.fingerprint, "lang": self.lang,
             "world_size": self.dist.world, "elapsed_s": self.elapsed(), "history": self.history,
@@ -464,7 +503,7 @@ class Trainer:
         self.tracker.artifact(str(self.tokenizer_dir), ARTIFACT_TOKENIZER)
         self.tracker.artifact(str(summary_path), ARTIFACT_SUMMARY_DIR)
         if self.best >= 0:
-            self.tracker.metrics({"best_val_overall_iou": self.best}, self.steps_done)
+            self.tracker.metrics({f"best_{self.split}_overall_iou": self.best}, self.steps_done)
         self.tracker.end("FINISHED")
 
     def summary(self, interrupted: bool) -> dict[str, Any]:
@@ -473,8 +512,9 @@ class Trainer:
             "run_id": self.run_id, "lang": self.lang, "config": self.config, "seed": self.seed,
             "steps": self.steps_done, "total_steps": self.total, "interrupted": interrupted,
             "best_val_overall_iou": self.best if self.best >= 0 else None,
-            "best_step": self.best_step,
-            "last_val": self.last_val.metrics() if self.last_val is not None else None,
+            "best_step": self.best_step, "select_split": self.split,
+            "batching": self.train_cfg.batching,
+            "last_val": self.last_val.metrics(self.split) if self.last_val is not None else None,
             "world_size": self.dist.world, "device": self.device.type,
             "data_fingerprint": self.fingerprint, "train_images": len(self.train_ds),
             "train_expressions": self.train_ds.num_expressions,
