@@ -51,15 +51,11 @@ from components.text.tokenizer import (
     USERDICT_FILE,
     VERSION,
     Tokenizer,
-    detect_language,
-    load_tokenizer,
 )
 from components.text.vectors import VECTOR_FORMATS, embedding_matrix, word_vectors
 from components.text.vocab import build_vocab, encode
 
-# detect_language and load_tokenizer: older import paths (their home is components.text.tokenizer)
-__all__ = ["TokenizeOptions", "configure_parser", "detect_language", "load_tokenizer", "run",
-           "run_tokenize", "tokenize"]
+__all__ = ["TokenizeOptions", "configure_parser", "run", "run_tokenize", "tokenize"]
 
 DEFAULT_MAX_LEN = {"zh": 30, "en": 20}
 DEFAULT_DIM = {"zh": 256, "en": 300}  # the paper's embedding sizes (trained fallback)

@@ -152,8 +152,7 @@ def test_learns_and_tracks_in_mlflow(tmp_path_factory, tmp_path, sqlite_uri):
     assert summary["best_val_overall_iou"] == pytest.approx(best)
     assert summary["timings"]["total_s"] >= summary["timings"]["train_steps_s"] > 0
     # OUT/tokenizer is a one-language tokenizer folder that inference loads as it is
-    from components.text.tokenizer import load_tokenizer as _load_tokenizer
-    from components.tokenize import load_tokenizer
+    from components.text.tokenizer import load_tokenizer
 
     tok = load_tokenizer(str(out / "tokenizer"))
     assert tok.langs == ("en",)
@@ -162,7 +161,7 @@ def test_learns_and_tracks_in_mlflow(tmp_path_factory, tmp_path, sqlite_uri):
     ids, n = tok.encode("the red circle", "en")
     ref_ids, ref_n = load_tokenizer(str(data_dir)).encode("the red circle", "en")
     assert (ids, n) == (ref_ids, ref_n) and n == 3 and 1 not in ids[:n]
-    assert _load_tokenizer(str(out / "tokenizer"), "en").encode("the red circle", "en") == (ids, n)
+    assert load_tokenizer(str(out / "tokenizer"), "en").encode("the red circle", "en") == (ids, n)
 
     client = mlflow.MlflowClient(tracking_uri=sqlite_uri)
     run = client.get_run(run_id)
@@ -244,7 +243,7 @@ def test_interrupted_run_resumes_to_identical_weights(sig, data_dir, reference, 
     client = mlflow.MlflowClient(tracking_uri=sqlite_uri)
     assert client.get_run(run_id).info.status == "FINISHED"
     if sig == "SIGTERM":  # the Chinese tokenizer folder (with the jieba user dictionary) loads
-        from components.tokenize import load_tokenizer
+        from components.text.tokenizer import load_tokenizer
 
         tok = load_tokenizer(str(out / "tokenizer"))
         assert tok.langs == ("zh",) and tok.userdict.endswith("userdict_zh.txt")

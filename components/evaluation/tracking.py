@@ -11,7 +11,10 @@ from typing import Any
 from components import provenance
 from components.data import storage
 from components.errors import InputError
+from components.logs import get_logger
 from components.training.layout import run_id_file_beside
+
+log = get_logger("evaluate")
 
 
 def resolve_run_id(checkpoint: str, run_id: str | None) -> tuple[str | None, str]:
@@ -25,8 +28,8 @@ def resolve_run_id(checkpoint: str, run_id: str | None) -> tuple[str | None, str
             text = storage.read_bytes(uri).decode("utf-8").strip()
             if text:
                 return text, uri
-    except storage.StorageError:
-        pass
+    except storage.StorageError as exc:  # an unreadable run id: evaluate without MLflow logging
+        log.warning("cannot read the run id at %s (%s); metrics are not logged to MLflow", uri, exc)
     return None, "none"
 
 
