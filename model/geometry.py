@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from model.config import RESIZE_MODES
 from model.pixels import IMAGENET_RGB, convention_of, pad_colour
 
 if TYPE_CHECKING:
     from model.config import ModelConfig
-
-RESIZE_MODES = ("stretch", "pad")
 
 
 @dataclass(frozen=True)
