@@ -103,14 +103,34 @@ def remap_backbone_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def _caffe_name(key: str) -> str:
+def _numbered_stages(keys) -> set[int]:
+    """The layers whose Caffe block names are numbered (``res4b1`` ... ``res4b22``) rather than
+    lettered (``res4a`` ... ``res4f``): in the deeper nets (a stage of more than 6 blocks, as
+    ResNet-101 and -152) every stage of more than 3 blocks; in ResNet-50 and smaller, none."""
+    blocks: dict[int, int] = {}
+    for k in keys:
+        m = re.match(r"^layer(\d)\.(\d+)\.", k)
+        if m:
+            layer, idx = int(m.group(1)), int(m.group(2))
+            blocks[layer] = max(blocks.get(layer, 0), idx + 1)
+    if max(blocks.values(), default=0) <= 6:
+        return set()
+    return {layer for layer, n in blocks.items() if n > 3}
+
+
+def _caffe_name(key: str, numbered: set[int]) -> str:
     parts = key.split(".")
     if parts[0] == "conv1":
         return key
     if parts[0] == "bn1":
         return f"{'scale' if parts[1] in _AFFINE else 'bn'}_conv1.{parts[1]}"
     layer, idx = int(parts[0][len("layer"):]), int(parts[1])
-    block = "a" if idx == 0 else f"b{idx}"
+    if idx == 0:
+        block = "a"
+    elif layer in numbered:
+        block = f"b{idx}"
+    else:
+        block = chr(ord("a") + idx)
     mod = ".".join(parts[2:-1])
     param = parts[-1]
     if mod in _CONV_BRANCH:
@@ -121,9 +141,11 @@ def _caffe_name(key: str) -> str:
 
 def to_caffe_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of :func:`remap_backbone_keys` on a torchvision ResNet state dict: Caffe names
-    (``res{stage}{a|bN}_branch{1|2a|2b|2c}``; batch-norm statistics under ``bn``, weight and
-    bias under ``scale``). ``num_batches_tracked`` and the ``fc`` head are left out."""
-    return {_caffe_name(k): v for k, v in state.items()
+    (``res{stage}{block}_branch{1|2a|2b|2c}``, blocks lettered ``a, b, c ...`` or numbered
+    ``a, b1, b2 ...`` as the Caffe ResNets name them; batch-norm statistics under ``bn``, weight
+    and bias under ``scale``). ``num_batches_tracked`` and the ``fc`` head are left out."""
+    numbered = _numbered_stages(state)
+    return {_caffe_name(k, numbered): v for k, v in state.items()
             if not k.endswith("num_batches_tracked") and not k.startswith(IGNORED_PREFIXES)}
 
 

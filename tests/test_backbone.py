@@ -52,7 +52,7 @@ def files(network_state, tmp_path_factory):
     """The same network as three files: torchvision names, Caffe names, ``Scale.``-prefixed."""
     d = tmp_path_factory.mktemp("weights")
     caffe = to_caffe_keys(network_state)
-    assert "res4b3_branch2a.weight" in caffe and "bn_conv1.running_mean" in caffe
+    assert "res4f_branch2a.weight" in caffe and "bn_conv1.running_mean" in caffe
     assert "scale_conv1.weight" in caffe and "scale2a_branch1.bias" in caffe
     assert not any(k.startswith("fc.") for k in caffe)
     scale = {"Scale." + k: v for k, v in network_state.items() if not k.startswith("fc.")}
@@ -73,6 +73,13 @@ def test_inverse_map_round_trips(network_state):
     assert detect_layout(network_state) == "torchvision"
     assert detect_layout(to_caffe_keys(network_state)) == "deeplab"
     assert detect_layout({"Scale.conv1.weight": 0}) == "deeplab"
+    # ResNet-101's Caffe names: res2a-c, res3a, res3b1-b3, res4a, res4b1-b22, res5a-c
+    r101 = {f"layer{layer}.{i}.conv1.weight": torch.zeros(1)
+            for layer, n in zip((1, 2, 3, 4), (3, 4, 23, 3), strict=True) for i in range(n)}
+    names = set(to_caffe_keys(r101))
+    for name in ("res2c", "res3a", "res3b3", "res4b1", "res4b22", "res5b"):
+        assert f"{name}_branch2a.weight" in names, name
+    assert set(remap_backbone_keys(to_caffe_keys(r101))) == set(r101)
     assert detect_layout({"module.layer5.conv2d_list.0.weight": 0}) == "deeplab"
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from components.data import manifest as mf
 from components.data.refdata import RefDataset
+from components.evaluation.evaluator import upsample_probs
 from model import build_model, load_config, predict_batch
 from model.geometry import InputFit
 from model.inference import _image_tensor
@@ -67,6 +68,11 @@ def test_restore_of_the_fitted_mask_recovers_it(h, w):
     # without the crop (stretching the padded square back) the mask lands elsewhere
     wrong = InputFit(S).restore(logits, (h, w))[0, 0].numpy() > 0
     assert iou(wrong, gt.astype(bool)) < 0.8
+    # evaluation's upsampling takes the dataset's fit; without one it stretches, as before
+    probs = upsample_probs(logits, (h, w), fit)
+    assert probs.shape == (1, h, w) and iou(probs[0] > 0.5, gt.astype(bool)) > 0.95
+    assert np.array_equal(upsample_probs(logits, (h, w)),
+                          torch.sigmoid(InputFit(S).restore(logits, (h, w)))[:, 0].numpy())
 
 
 def test_stretch_is_exactly_the_old_resize():
