@@ -169,3 +169,21 @@ def test_auto_resolves_and_the_checkpoint_stores_it(files, tmp_path):
     assert cfg.backbone_format == "deeplab" and loaded.backbone.pixels == CAFFE_BGR
     for k, v in loaded.backbone.body.state_dict().items():
         assert torch.equal(v, model.backbone.body.state_dict()[k]), k
+
+
+def test_old_checkpoints_without_the_fields_load_as_before(tmp_path):
+    cfg = load_config("small3", dict(input_size=32, embed_dim=8, c_v=16, c_l=16, c_m=16,
+                                     convlstm_hidden=8, le_reduction=4))
+    model = build_model(cfg, 10).eval()
+    save_checkpoint(str(tmp_path / "new.pt"), model, cfg)
+    raw = read_checkpoint(str(tmp_path / "new.pt"))
+    for field in ("backbone_format", "resize"):
+        del raw["config"][field]
+    torch.save(raw, tmp_path / "old.pt")
+    old, old_cfg, _ = load_checkpoint(str(tmp_path / "old.pt"))
+    assert (old_cfg.backbone_format, old_cfg.resize) == ("torchvision", "stretch")
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    tokens, lengths, index = torch.tensor([[1, 2], [3, 0]]), torch.tensor([2, 1]), torch.tensor([0, 1])
+    with torch.no_grad():
+        assert torch.equal(old(x, tokens, lengths, index)["logits"],
+                           model(x, tokens, lengths, index)["logits"])
