@@ -119,7 +119,10 @@ def evaluate(checkpoint: str | EvaluateOptions, data_dir: str | None = None,
             inputs.check_vocabulary(data, lang, model.vocab_size, opts.checkpoint)
             inputs.check_split(data, lang, split)
             texts = inputs.expressions(data, lang)
-            ds = RefDataset(opts.data_dir, lang, split, cfg.input_size, cache_dir=cache)
+            from model.geometry import InputFit
+
+            ds = RefDataset(opts.data_dir, lang, split, cfg.input_size, cache_dir=cache,
+                            fit=InputFit.of(cfg))
             model, dev = inputs.to_device(model, opts.device)
         if len(ds) == 0:
             raise InputError(f"split {split!r} of {opts.data_dir} has no samples for language "

@@ -1,14 +1,15 @@
 """Visual backbone: Res3/Res4/Res5 of a ResNet (Section 3.2.1; docs/method.md, Decisions 5-7).
 
 Decision: a torchvision ResNet with dilation in layer3/layer4 (output stride 8: all levels 40 x 40
-at 320 px), FrozenBatchNorm2d when frozen, weights from a file (torchvision state dict or a
-DeepLab-ResNet-101 checkpoint converted to PyTorch; key names are remapped). The ``small`` preset
-uses a narrow BasicBlock ResNet trained from scratch whose levels are resampled to one grid.
+at 320 px), FrozenBatchNorm2d when frozen, weights from a file (model/backbone_weights.py). With
+``backbone_format: deeplab`` the same modules (same parameter names) are adjusted in place to
+DeepLab-v2's Caffe geometry (:func:`deeplab_geometry`) and the input follows the Caffe pixel
+convention (model/pixels.py). The ``small`` preset uses a narrow BasicBlock ResNet trained from
+scratch whose levels are resampled to one grid.
 """
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 
 import torch
@@ -19,11 +20,10 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from model.config import ModelConfig
+from model.pixels import convention_of, normalise
 
 LAYER_OF_LEVEL = {"res3": "layer2", "res4": "layer3", "res5": "layer4"}
-# ImageNet statistics: the network normalises [0, 1] images itself.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+DEEPLAB_DILATION = {"layer3": 2, "layer4": 4}
 
 
 class NarrowResNet(nn.Module):
@@ -71,9 +71,30 @@ def _make_resnet(cfg: ModelConfig) -> tuple[nn.Module, dict[str, int]]:
             "set backbone_dilation=False (levels are then resampled to one grid)"
         )
     net = ctor(weights=None, replace_stride_with_dilation=dil, norm_layer=norm)
+    if cfg.backbone_format == "deeplab":
+        deeplab_geometry(net)
     exp = 4 if bottleneck else 1
     ch = {"res3": 128 * exp, "res4": 256 * exp, "res5": 512 * exp}
     return net, ch
+
+
+def deeplab_geometry(net: nn.Module) -> None:
+    """Turn a dilated torchvision Bottleneck ResNet into DeepLab-v2's Caffe ResNet, in place
+    (parameter names and shapes unchanged): the stride of each stage's first block moves from the
+    3x3 conv (conv2) to the 1x1 conv (conv1); every block of layer3 has dilation 2 and of layer4
+    dilation 4 (padding = dilation; torchvision gives the first block of a dilated stage the
+    previous stage's dilation); the max-pool rounds up as Caffe does (321 px -> a 41 x 41 grid)."""
+    net.maxpool.ceil_mode = True
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        blocks = list(getattr(net, name))
+        stride = blocks[0].conv2.stride
+        blocks[0].conv2.stride = (1, 1)
+        blocks[0].conv1.stride = stride
+        d = DEEPLAB_DILATION.get(name)
+        for block in blocks:
+            if d is not None:
+                block.conv2.dilation = (d, d)
+                block.conv2.padding = (d, d)
 
 
 class Backbone(nn.Module):
@@ -81,7 +102,12 @@ class Backbone(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.backbone_format == "auto":
+            from model.backbone_weights import resolve_backbone_format
+
+            cfg = resolve_backbone_format(cfg)
         self.cfg = cfg
+        self.pixels = convention_of(cfg.backbone_format)
         net, ch = _make_resnet(cfg)
         self.levels = list(cfg.levels)
         deepest = max(int(LAYER_OF_LEVEL[lv][-1]) for lv in self.levels)
@@ -91,8 +117,6 @@ class Backbone(nn.Module):
         self.channels = {lv: ch[lv] for lv in self.levels}
         self.frozen = bool(cfg.backbone_frozen)
         self._deepest = deepest
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if self.frozen:
             self.freeze()
 
@@ -102,7 +126,7 @@ class Backbone(nn.Module):
         self.frozen = True
 
     def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        x = normalise(images, self.pixels)
         if self.frozen:
             with torch.no_grad():
                 feats = self.body(x)
@@ -119,95 +143,3 @@ class Backbone(nn.Module):
                     f = F.interpolate(f, size=ref, mode="bilinear", align_corners=False)
             out[lv] = f
         return out
-
-
-# ------------------------------------------------------------------------------------------------
-# Weight files
-_CAFFE_BLOCK = re.compile(r"^(res|bn|scale)(\d)([a-z])(\d*)_branch(1|2a|2b|2c)\.(.+)$")
-_CAFFE_STEM = re.compile(r"^(conv1|bn_conv1|scale_conv1)\.(.+)$")
-_PREFIXES = ("module.", "backbone.", "body.", "Scale.", "model.", "encoder.")
-IGNORED_PREFIXES = ("fc.", "layer5.", "classifier.", "aux_classifier.")  # heads, not backbone
-_BRANCH_CONV = {"1": "downsample.0", "2a": "conv1", "2b": "conv2", "2c": "conv3"}
-_BRANCH_BN = {"1": "downsample.1", "2a": "bn1", "2b": "bn2", "2c": "bn3"}
-
-
-def _caffe_block_index(letter: str, digits: str) -> int:
-    # Caffe ResNet-101 names: res4a, res4b1 ... res4b22 (a = 0, bN = N); ResNet-50: res4a..res4f.
-    if digits:
-        return int(digits)
-    return ord(letter) - ord("a")
-
-
-def remap_backbone_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map DeepLab/Caffe/wrapped key names onto torchvision ResNet names.
-
-    Handles ``module.``/``backbone.``/``Scale.`` prefixes (DataParallel, detection wrappers and the
-    pytorch-deeplab-resnet conversion) and Caffe names (``res4b3_branch2a``, ``bn4b3_branch2a``,
-    ``scale4b3_branch2a``, ``conv1``/``bn_conv1``/``scale_conv1``); Caffe ``scale*`` layers hold the
-    batch-norm affine weight/bias.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, val in state.items():
-        k = key
-        changed = True
-        while changed:
-            changed = False
-            for p in _PREFIXES:
-                if k.startswith(p):
-                    k = k[len(p):]
-                    changed = True
-        m = _CAFFE_BLOCK.match(k)
-        if m:
-            kind, stage, letter, digits, branch, param = m.groups()
-            layer = int(stage) - 1
-            idx = _caffe_block_index(letter, digits)
-            mod = _BRANCH_CONV[branch] if kind == "res" else _BRANCH_BN[branch]
-            k = f"layer{layer}.{idx}.{mod}.{param}"
-        else:
-            m = _CAFFE_STEM.match(k)
-            if m:
-                kind, param = m.groups()
-                k = f"{'conv1' if kind == 'conv1' else 'bn1'}.{param}"
-        if k in out:
-            raise ValueError(f"backbone weights: keys {key!r} and another both map to {k!r}")
-        out[k] = val
-    return out
-
-
-def load_backbone_weights(backbone: Backbone, path: str) -> None:
-    """Load a torchvision ResNet state dict or a DeepLab-ResNet checkpoint into ``backbone``.
-
-    Missing or unexpected keys (after the remap; classifier heads are ignored) raise an error
-    that names them. Loaded with ``torch.load(weights_only=True)``.
-    """
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"backbone weights {path!r} cannot be loaded safely: {exc}") from exc
-    for wrapper in ("state_dict", "model", "model_state"):
-        if isinstance(raw, dict) and wrapper in raw and isinstance(raw[wrapper], dict):
-            raw = raw[wrapper]
-    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise ValueError(f"backbone weights {path!r}: expected a dict of tensors")
-    state = remap_backbone_keys(raw)
-    state = {k: v for k, v in state.items()
-             if not k.startswith(IGNORED_PREFIXES) and not k.endswith("num_batches_tracked")}
-    target = backbone.body.state_dict()
-    # Layers beyond the deepest requested level are not part of the body: ignore them.
-    dropped = tuple(f"layer{i}." for i in range(backbone._deepest + 1, 5))
-    state = {k: v for k, v in state.items() if not (dropped and k.startswith(dropped))}
-    want = {k for k in target if not k.endswith("num_batches_tracked")}
-    missing = sorted(want - set(state))
-    unexpected = sorted(set(state) - want)
-    if missing or unexpected:
-        raise ValueError(
-            f"backbone weights {path!r} do not match {backbone.cfg.backbone}: "
-            f"missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''} "
-            f"({len(missing)} in all), unexpected keys {unexpected[:20]}"
-            f"{' ...' if len(unexpected) > 20 else ''} ({len(unexpected)} in all)"
-        )
-    bad_shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
-                 for k in want if state[k].shape != target[k].shape]
-    if bad_shape:
-        raise ValueError(f"backbone weights {path!r}: shape mismatch {bad_shape[:10]}")
-    backbone.body.load_state_dict(state, strict=False)

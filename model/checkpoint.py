@@ -23,6 +23,8 @@ FORMAT = "bilingual-refseg/model-v1"
 def save_checkpoint(path: str, model: RefSegNetwork, cfg: ModelConfig | None = None,
                     extra: dict[str, Any] | None = None) -> None:
     cfg = cfg or model.cfg
+    if cfg.backbone_format == "auto":  # the checkpoint carries the format the network was built in
+        cfg = cfg.replace(backbone_format=model.cfg.backbone_format)
     extra = dict(extra or {})
     try:
         extra = json.loads(json.dumps(extra))  # plain JSON values only (weights_only-loadable)

@@ -23,6 +23,8 @@ CLAF_NORMS = ("hw", "sqrt_hw", "none")
 CLAF_ORDERS = ("auto", "cheap", "naive")
 RESAMPLE_MODES = ("none", "first")
 MUTAN_ACTIVATIONS = ("none", "tanh")
+BACKBONE_FORMATS = ("torchvision", "deeplab", "auto")
+RESIZE_MODES = ("stretch", "pad")
 
 
 @dataclass
@@ -32,10 +34,23 @@ class ModelConfig:
     name: str = "custom"
     seed: int = 0
     input_size: int = 320
+    # How an H x W image sits in the input_size square (model/geometry.py). "stretch": resized to
+    # S x S, aspect ratio lost (the default; what every run did before the switch). "pad": scaled
+    # by S / max(H, W), aspect ratio kept, placed top-left, the rest filled with the pixel
+    # convention's mean colour (masks with 0); predictions are cropped back and resized to H x W.
+    resize: str = "stretch"
 
     # --- vision side ---------------------------------------------------------------------------
     backbone: str = "resnet101"
     backbone_weights: str | None = None  # torchvision or DeepLab-ResNet state dict file
+    # Layout, geometry and pixel convention of the backbone and its weight file (docs/model.md,
+    # "Backbone weights"). "torchvision": torchvision's ResNet (stride in each stage's 3x3 conv),
+    # RGB input normalised with ImageNet mean/std; the default, what every run did before the
+    # switch. "deeplab": DeepLab-v2 ResNet-101 converted from Caffe: stride in the 1x1 conv,
+    # dilation 2 in every block of layer3 and 4 in layer4, max-pool rounding up, BGR 0-255 input
+    # minus the Caffe mean pixel. "auto": read from the keys of backbone_weights when the network
+    # is built (torchvision without a file); checkpoints store the resolved value.
+    backbone_format: str = "torchvision"
     backbone_frozen: bool = True  # paper: frozen, batch norm frozen too
     backbone_dilation: bool = True  # Decision: dilate layer3/layer4 -> output stride 8
     backbone_widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # narrow only
@@ -107,6 +122,14 @@ class ModelConfig:
         need(self.la_sigma > 0, f"la_sigma must be > 0, got {self.la_sigma}")
         need(self.claf_norm in CLAF_NORMS, f"claf_norm {self.claf_norm!r} not in {CLAF_NORMS}")
         need(self.claf_order in CLAF_ORDERS, f"claf_order {self.claf_order!r} not in {CLAF_ORDERS}")
+        need(self.backbone_format in BACKBONE_FORMATS,
+             f"backbone_format {self.backbone_format!r} not in {BACKBONE_FORMATS}")
+        if self.backbone_format == "deeplab":
+            need(self.backbone in ("resnet50", "resnet101") and self.backbone_dilation,
+                 f"backbone_format 'deeplab' needs backbone resnet101 (or resnet50) with "
+                 f"backbone_dilation: true, got {self.backbone!r}, "
+                 f"backbone_dilation {self.backbone_dilation}")
+        need(self.resize in RESIZE_MODES, f"resize {self.resize!r} not in {RESIZE_MODES}")
         need(self.resample_levels in RESAMPLE_MODES, f"resample_levels not in {RESAMPLE_MODES}")
         need(self.mutan_activation in MUTAN_ACTIVATIONS, f"mutan_activation not in {MUTAN_ACTIVATIONS}")
         for k in ("input_size", "embed_dim", "c_v", "c_l", "c_m", "mutan_rank", "le_reduction",

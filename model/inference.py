@@ -1,5 +1,6 @@
-"""Inference on one original-resolution image: resize to cfg.input_size, forward, resize the
-probability map back. CUDA with bfloat16 autocast when the model lives on a GPU."""
+"""Inference on one original-resolution image: fit it to cfg.input_size (stretch or pad,
+model/geometry.py), forward, bring the probability map back to the image's size. CUDA with bfloat16
+autocast when the model lives on a GPU."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import contextlib
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from model.geometry import InputFit
 from model.network import RefSegNetwork
 
 
@@ -52,13 +53,14 @@ def forward(model: RefSegNetwork, images: torch.Tensor, tokens: torch.Tensor,
                      return_attention=return_attention)
 
 
-def _image_tensor(image: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+def _image_tensor(image: np.ndarray, fit: InputFit | int, device: torch.device) -> torch.Tensor:
+    """uint8 HxWx3 -> float [1, 3, S, S] in [0, 1] (``fit``: an InputFit, or S for stretch)."""
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"image must be uint8 HxWx3, got {arr.dtype} {arr.shape}")
+    fit = fit if isinstance(fit, InputFit) else InputFit(int(fit))
     x = torch.from_numpy(np.ascontiguousarray(arr)).to(device).permute(2, 0, 1)[None].float() / 255
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=True).clamp_(0, 1)
+    return fit.image(x)
 
 
 def _tokens_tensor(token_lists: list[list[int]], device: torch.device):
@@ -85,12 +87,12 @@ def predict_batch(model: RefSegNetwork, image: np.ndarray, token_lists: list[lis
     was_training = model.training
     model.eval()
     h, w = np.asarray(image).shape[:2]
-    x = _image_tensor(image, model.cfg.input_size, dev)
+    fit = InputFit.of(model.cfg)
+    x = _image_tensor(image, fit, dev)
     tokens, lengths = _tokens_tensor(token_lists, dev)
     index = torch.zeros(len(token_lists), dtype=torch.long, device=dev)
     logits = forward(model, x, tokens, lengths, index)["logits"]
-    prob = torch.sigmoid(F.interpolate(logits.float(), size=(h, w), mode="bilinear",
-                                       align_corners=False))
+    prob = torch.sigmoid(fit.restore(logits, (h, w)))
     if was_training:
         model.train()
     return prob[:, 0].cpu().numpy().astype(np.float32)

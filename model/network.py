@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from model.aggregation import LinguisticAggregation
-from model.backbone import Backbone, load_backbone_weights
+from model.backbone import Backbone
+from model.backbone_weights import load_backbone_weights, resolve_backbone_format
 from model.claf import CrossLevelAttentiveFusion, LevelOutput
 from model.config import ModelConfig
 from model.convlstm import ConvLSTM
@@ -31,6 +32,7 @@ from model.mutan import ConcatFusion, MutanFusion
 class RefSegNetwork(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int, embeddings: np.ndarray | None = None):
         super().__init__()
+        cfg = resolve_backbone_format(cfg)  # "auto" -> the weight file's layout
         self.cfg = cfg
         self.vocab_size = int(vocab_size)
         torch.manual_seed(cfg.seed)
@@ -118,7 +120,8 @@ class RefSegNetwork(nn.Module):
 
 def build_model(cfg: ModelConfig, vocab_size: int, embeddings: np.ndarray | None = None,
                 load_backbone: bool = True) -> RefSegNetwork:
-    """Build the network; loads ``cfg.backbone_weights`` into the backbone when given."""
+    """Build the network; loads ``cfg.backbone_weights`` into the backbone when given.
+    ``backbone_format: auto`` is resolved from that file: ``model.cfg`` holds the value."""
     if embeddings is not None:
         emb = np.asarray(embeddings)
         if emb.ndim != 2 or emb.shape[1] != cfg.embed_dim:
@@ -130,5 +133,5 @@ def build_model(cfg: ModelConfig, vocab_size: int, embeddings: np.ndarray | None
             raise ValueError(f"embeddings have {emb.shape[0]} rows but vocab_size is {vocab_size}")
     model = RefSegNetwork(cfg, vocab_size, embeddings)
     if load_backbone and cfg.backbone_weights:
-        load_backbone_weights(model.backbone, cfg.backbone_weights)
+        load_backbone_weights(model.backbone, model.cfg.backbone_weights)
     return model

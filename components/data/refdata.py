@@ -5,8 +5,9 @@ split, through :class:`components.text.tokenized.TokenizedData`) and gives ONE I
 holding all of that image's expressions of the split, so that the network runs its backbone once
 per image and fans the features out to the expressions (``image_index``). Images come from a local
 path or ``s3://`` (downloaded once into ``cache_dir`` by :func:`components.data.storage.local_copy`),
-are resized to the model's input size with bilinear interpolation (antialiased, the same call as
-``model.predict``), masks are decoded from COCO RLE and resized with nearest-neighbour sampling.
+are fitted to the model's input size by :class:`model.geometry.InputFit` (the same call as
+``model.predict``: stretched, or scaled with the aspect ratio kept and padded, ``resize``), masks
+are decoded from COCO RLE and fitted the same way with nearest-neighbour sampling.
 
 :class:`GroupedSampler` orders the items of an epoch: it shuffles images with a seeded generator,
 can cap the expressions per image per batch (an image with more expressions is split into several
@@ -26,13 +27,16 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from components.data import storage
 from components.errors import ConfigError, InputError, MissingInputError
 from components.text.tokenized import TokenizedData
+
+if TYPE_CHECKING:
+    from model.geometry import InputFit
 
 
 class RefDataError(InputError):
@@ -69,11 +73,16 @@ class RefDataset:
     ``dataset[(i, (j1, j2, ...))]`` gives image ``i`` with only the expressions at positions
     j1, j2, ... (what :class:`GroupedSampler` yields when it caps expressions per image).
     Images are ordered by (image_id, image_uri); expressions of an image keep their shard order.
+    ``fit``: how images and masks sit in the S x S input (``InputFit.of(model_cfg)``; default:
+    stretched to ``input_size``).
     """
 
     def __init__(self, data: str | TokenizedData, lang: str, split: str, input_size: int,
-                 cache_dir: str | None = None, memory_cache: bool = False):
+                 cache_dir: str | None = None, memory_cache: bool = False,
+                 fit: InputFit | None = None):
         import pandas as pd
+
+        from model.geometry import InputFit
 
         data = _tokenized(data)
         self.data_dir = data.root
@@ -82,6 +91,9 @@ class RefDataset:
         self.input_size = int(input_size)
         if self.input_size < 1:
             raise ConfigError(f"input_size must be >= 1, got {input_size}")
+        self.fit = fit or InputFit(self.input_size)
+        if self.fit.size != self.input_size:
+            raise ConfigError(f"input_size {self.input_size} differs from the fit's {self.fit.size}")
         self.cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "refseg-image-cache")
         self.memory_cache = bool(memory_cache)
         self._mem: dict[int, tuple[Any, Any]] = {}
@@ -160,18 +172,13 @@ class RefDataset:
         """(uint8 [3,S,S] tensor, {row: uint8 [S,S] tensor}) for image ``index``: the masks of
         ``rows`` (all of the image's when None or when the memory cache keeps them)."""
         import torch
-        import torch.nn.functional as F
 
         if index in self._mem:
             return self._mem[index]
         iid, uri = self._keys[index]
         img = self._read_image(uri)
         h, w = img.shape[:2]
-        s = self.input_size
-        x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0
-        if (h, w) != (s, s):
-            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False,
-                              antialias=True).clamp_(0, 1)
+        x = self.fit.image(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0)
         masks = {}
         for r in self._members[index] if rows is None or self.memory_cache else rows:
             sid = self._sample_ids[r]
@@ -180,10 +187,7 @@ class RefDataset:
                 raise RefDataError(f"sample {sid!r}: mask size {m.shape} differs from its image "
                                    f"{uri} ({h}x{w})")
             t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.uint8))
-            if (h, w) != (s, s):
-                t = F.interpolate(t[None, None].float(), size=(s, s), mode="nearest-exact")[0, 0]
-                t = t.to(torch.uint8)
-            masks[int(r)] = t
+            masks[int(r)] = self.fit.mask(t)
         out = (x[0], masks)
         if self.memory_cache:
             self._mem[index] = out

@@ -46,13 +46,15 @@ class Timings:
         return {k: round(v, 4) for k, v in self.t.items()}
 
 
-def upsample_probs(logits, size: tuple[int, int]) -> np.ndarray:
-    """logits [k,1,S,S] (torch, any device) -> float32 [k,H,W] probabilities at ``size``."""
+def upsample_probs(logits, size: tuple[int, int], fit=None) -> np.ndarray:
+    """logits [k,1,S,S] (torch, any device) -> float32 [k,H,W] probabilities at ``size``;
+    ``fit``: the dataset's :class:`model.geometry.InputFit` (None: stretched to S x S)."""
     import torch
-    import torch.nn.functional as F
 
-    up = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-    return torch.sigmoid(up)[:, 0].cpu().numpy().astype(np.float32)
+    from model.geometry import InputFit
+
+    fit = fit or InputFit(int(logits.shape[-1]))
+    return torch.sigmoid(fit.restore(logits, size))[:, 0].cpu().numpy().astype(np.float32)
 
 
 def original_image(ds, item) -> np.ndarray:
@@ -178,7 +180,7 @@ class Evaluator:
             k = len(it["sample_ids"])
             image = original_image(self.ds, it)
             h, w = image.shape[:2]
-            probs = upsample_probs(logits[offset:offset + k], (h, w))
+            probs = upsample_probs(logits[offset:offset + k], (h, w), getattr(self.ds, "fit", None))
             gts = [np.asarray(self.ds.full_mask(s)).astype(bool) for s in it["sample_ids"]]
             row_ids = self._count(it, probs, gts, (h, w))
             if self.pool is not None:
@@ -189,7 +191,8 @@ class Evaluator:
             if pos:
                 sel = torch.as_tensor([n_true + q for q in pos], dtype=torch.long,
                                       device=logits.device)
-                sprobs = upsample_probs(logits.index_select(0, sel), (h, w))
+                sprobs = upsample_probs(logits.index_select(0, sel), (h, w),
+                                        getattr(self.ds, "fit", None))
                 for q, sp in zip(pos, sprobs, strict=True):
                     j = shuffled.sources[q] - offset
                     self.out.shuffled[row_ids[j]] = intersection_union(

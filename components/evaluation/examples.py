@@ -55,7 +55,7 @@ def collect_examples(model, ds, positions: dict[int, int], texts: dict[str, dict
             out = forward(model, it["image"][None], it["tokens"][sel], it["lengths"][sel],
                           torch.zeros(len(sel), dtype=torch.long), return_attention=True)
         image = original_image(ds, it)
-        probs = upsample_probs(out["logits"], image.shape[:2])
+        probs = upsample_probs(out["logits"], image.shape[:2], getattr(ds, "fit", None))
         atts = [a.float().cpu().numpy() for a in out.get("attention", [])]
         for q, j in enumerate(sel):
             s = it["sample_ids"][j]

@@ -28,20 +28,35 @@ from components.errors import CheckpointError
 from components.serving import model_name
 from components.serving.requests import InputError, decode_image_for, is_missing
 from components.text.tokenizer import LANGS, detect_language, load_tokenizer
-from model import load_checkpoint, predict_batch, prepare_model, select_device
+from model import ModelConfig, load_checkpoint, predict_batch, prepare_model, select_device
+from model.pixels import convention_of
 
 PREPROCESS_FORMAT = "bilingual-refseg/pyfunc-v1"
+_SOURCE = {"input_size": "input_size", "pixels": "backbone_format", "resize": "resize"}
 OUTPUT_COLUMNS = ("mask_png", "mask_rle", "score", "lang", "warning")
 
 
 @dataclass
 class Preprocess:
-    """``preprocess.json`` of a registered model: its language, input size, default threshold."""
+    """``preprocess.json`` of a registered model: its language, input size, default threshold,
+    pixel convention (``imagenet_rgb``/``caffe_bgr``, model/pixels.py) and resize mode
+    (``stretch``/``pad``, model/geometry.py). The last two are read from the checkpoint's config
+    when the model is logged; a file written before they existed lacks them (None): the
+    checkpoint's values apply."""
 
     lang: str
     input_size: int
     threshold: float = 0.5
     format: str = PREPROCESS_FORMAT
+    pixels: str | None = None
+    resize: str | None = None
+
+    @classmethod
+    def of_config(cls, lang: str, config: dict[str, Any], threshold: float = 0.5) -> Preprocess:
+        """The preprocessing of a checkpoint's config dict."""
+        cfg = ModelConfig.from_dict(config)
+        return cls(lang=lang, input_size=int(cfg.input_size), threshold=float(threshold),
+                   pixels=convention_of(cfg.backbone_format), resize=cfg.resize)
 
     @classmethod
     def read(cls, path: str) -> Preprocess:
@@ -50,7 +65,22 @@ class Preprocess:
         if d.get("format") != PREPROCESS_FORMAT:
             raise CheckpointError(f"{path}: not a {PREPROCESS_FORMAT} preprocessing file")
         return cls(lang=str(d["lang"]), input_size=int(d["input_size"]),
-                   threshold=float(d.get("threshold", 0.5)))
+                   threshold=float(d.get("threshold", 0.5)), pixels=d.get("pixels"),
+                   resize=d.get("resize"))
+
+    def check(self, cfg: ModelConfig, checkpoint: str) -> Preprocess:
+        """This preprocessing with the checkpoint's values where it has none; a value that
+        differs from the checkpoint's config is a CheckpointError naming both."""
+        own = {"input_size": int(cfg.input_size), "pixels": convention_of(cfg.backbone_format),
+               "resize": cfg.resize}
+        for key, theirs in own.items():
+            mine = getattr(self, key)
+            if mine is None:
+                setattr(self, key, theirs)
+            elif mine != theirs:
+                raise CheckpointError(f"preprocess {key} {mine!r} differs from the checkpoint's "
+                                      f"{theirs!r} ({checkpoint}: {_SOURCE[key]})")
+        return self
 
     def write(self, path: str) -> str:
         with open(path, "w", encoding="utf-8") as fh:
@@ -71,10 +101,8 @@ class RefSegPredictor:
         if lang not in LANGS:
             raise CheckpointError(f"checkpoint {checkpoint!r}: unknown model language {lang!r}; "
                                   f"expected one of {LANGS}")
-        self.preprocess = preprocess or Preprocess(lang=lang, input_size=cfg.input_size)
-        if self.preprocess.input_size != cfg.input_size:
-            raise CheckpointError(f"preprocess input_size {self.preprocess.input_size} differs "
-                                  f"from the checkpoint's {cfg.input_size}")
+        self.preprocess = (preprocess or Preprocess(lang=lang, input_size=cfg.input_size)
+                           ).check(cfg, checkpoint)
         # A training run's folder holds its own language's vocabulary: load that one alone.
         self.tokenizer = load_tokenizer(tokenizer_dir, self.preprocess.lang)
 

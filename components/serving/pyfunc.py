@@ -6,7 +6,8 @@ Artifacts carried by the model (``context.artifacts`` keys):
   ``checkpoint``  the network (``model.save_checkpoint`` file, read with ``weights_only=True``),
   ``tokenizer``   the tokenizer folder of the training run (vocabulary, tokenizer.json, jieba user
                   dictionary) read by :func:`components.text.tokenizer.load_tokenizer`,
-  ``preprocess``  ``preprocess.json``: the model's language, input size and default threshold.
+  ``preprocess``  ``preprocess.json``: the model's language, input size, default threshold, pixel
+                  convention and resize mode (the last two from the checkpoint's config).
 The model's ``code/`` folder (``code_paths``) holds the ``model`` package and only the modules of
 ``components`` that serving imports (:data:`SERVING_CODE`), so a fresh process with the
 dependencies installed loads it without this repository.
@@ -131,8 +132,7 @@ def pyfunc_kwargs(checkpoint: str, tokenizer_dir: str, lang: str, workdir: str,
     from model.checkpoint import read_checkpoint
 
     payload = read_checkpoint(checkpoint)
-    pre = Preprocess(lang=lang, input_size=int(payload["config"]["input_size"]),
-                     threshold=float(threshold))
+    pre = Preprocess.of_config(lang, payload["config"], threshold)
     os.makedirs(workdir, exist_ok=True)
     pre_path = pre.write(os.path.join(workdir, "preprocess.json"))
     # Models from code: the model is rebuilt from this script at load time (nothing unpickled).

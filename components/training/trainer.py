@@ -62,6 +62,8 @@ from model import (
     save_checkpoint,
     segmentation_loss,
 )
+from model.backbone_weights import resolve_backbone_format
+from model.geometry import InputFit
 
 
 class NonFiniteLossError(RefsegError, FloatingPointError):
@@ -134,6 +136,9 @@ class Trainer:
         """Seeds, the data (vocabulary, word vectors, datasets, sampler), model and optimiser;
         a config that would train on a frozen random backbone is refused first (guards.py)."""
         check_trainable(self.model_cfg)
+        # backbone_format "auto" -> the weight file's layout, before the datasets (its pixel
+        # convention colours the padding) and before anything records the config
+        self.model_cfg = resolve_backbone_format(self.model_cfg)
         self._seed_everything()
         vocab_size, emb = self._word_vectors()
         self.fingerprint = self.data.fingerprint(self.lang)
@@ -178,7 +183,7 @@ class Trainer:
     def _datasets(self) -> None:
         cfg, size, cache = self.train_cfg, self.model_cfg.input_size, str(self.layout.cache)
         self.train_ds = RefDataset(self.data, self.lang, "train", size, cache_dir=cache,
-                                   memory_cache=cfg.memory_cache)
+                                   memory_cache=cfg.memory_cache, fit=InputFit.of(self.model_cfg))
         if len(self.train_ds) == 0:
             raise InputError(f"{self.data.root}: split 'train' has no samples for language "
                              f"{self.lang!r}")
@@ -201,7 +206,8 @@ class Trainer:
         split = cfg.select_split
         try:
             ds = RefDataset(self.data, self.lang, split, self.model_cfg.input_size,
-                            cache_dir=str(self.layout.cache), memory_cache=cfg.memory_cache)
+                            cache_dir=str(self.layout.cache), memory_cache=cfg.memory_cache,
+                            fit=InputFit.of(self.model_cfg))
         except FileNotFoundError:
             ds = None
         if ds is not None and len(ds) == 0:
