@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from model.errors import ConfigError
+from model.errors import ConfigError, MissingInputError
 
 if TYPE_CHECKING:
     from model.backbone import Backbone
@@ -151,6 +151,8 @@ def to_caffe_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def read_weight_file(path: str) -> dict[str, torch.Tensor]:
     """The state dict of a weight file, read with ``torch.load(weights_only=True)``."""
+    if not os.path.isfile(path):
+        raise MissingInputError(f"backbone weights {path}: no such file")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name

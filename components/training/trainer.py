@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 from components import logs
+from components.data import storage
 from components.data.refdata import GroupedSampler, PairSampler, RefDataset, collate_grouped
-from components.errors import ConfigError, InputError, RefsegError
+from components.errors import ConfigError, InputError, MissingInputError, RefsegError
 from components.provenance import git_commit
 from components.text.tokenized import TokenizedData
 from components.text.tokenizer import vocab_file
@@ -138,12 +139,28 @@ class Trainer:
         check_trainable(self.model_cfg)
         # backbone_format "auto" -> the weight file's layout, before the datasets (its pixel
         # convention colours the padding) and before anything records the config
-        self.model_cfg = resolve_backbone_format(self.model_cfg)
+        self.backbone_file = self._backbone_weights_file()
+        fmt = resolve_backbone_format(
+            self.model_cfg.replace(backbone_weights=self.backbone_file)).backbone_format
+        self.model_cfg = self.model_cfg.replace(backbone_format=fmt)
         self._seed_everything()
         vocab_size, emb = self._word_vectors()
         self.fingerprint = self.data.fingerprint(self.lang)
         self._datasets()
         self._model(vocab_size, emb)
+
+    def _backbone_weights_file(self) -> str | None:
+        """A local path of ``backbone_weights`` (an s3:// file is downloaded into OUT/cache once);
+        the config keeps the name the user gave."""
+        uri = self.model_cfg.backbone_weights
+        if not uri:
+            return None
+        if storage.is_s3(uri):
+            self.log.info("backbone weights: downloading %s", uri)
+        try:
+            return storage.local_copy(uri, str(self.layout.cache))
+        except FileNotFoundError as exc:
+            raise MissingInputError(f"backbone_weights {uri}: no such file") from exc
 
     def _seed_everything(self) -> None:
         if self.train_cfg.deterministic:
@@ -218,7 +235,10 @@ class Trainer:
         return ds
 
     def _model(self, vocab_size: int, emb: np.ndarray | None) -> None:
-        model = prepare_model(build_model(self.model_cfg, vocab_size, emb), self.device)
+        built = build_model(self.model_cfg.replace(backbone_weights=self.backbone_file),
+                            vocab_size, emb)
+        built.cfg = self.model_cfg  # the weights' name as the user gave it (an s3:// URI stays)
+        model = prepare_model(built, self.device)
         if (self.dist.enabled and self.device.type == "cuda" and self.train_cfg.sync_bn
                 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                         for m in model.modules())):
