@@ -1,25 +1,30 @@
-"""The evaluate step: overall IoU, mean IoU and Precision@X of a checkpoint on one split, before
-and after DenseCRF, a shuffled-expression sanity row, an HTML report, and MLflow logging.
+"""The evaluate step: overall IoU, mean IoU and Precision@X of a checkpoint on every split of the
+data (one model load, one forward pass per image), before and after DenseCRF, the pooled gate
+split, a shuffled-expression sanity row, the results table, an HTML report, and MLflow logging.
 
 :func:`evaluate` tells the story over :class:`EvaluateOptions`; the pieces live in
 :mod:`components.evaluation`:
 
 - :mod:`~components.evaluation.inputs`: the checkpoint, its language, and the checks that the
-  tokenize folder (vocabulary, split) belongs to it;
+  tokenize folder (vocabulary, splits) belongs to it;
+- :mod:`~components.evaluation.splits`: which splits are evaluated (default: all but train) and
+  which gate the promotion (default: all evaluated but the checkpoint's selection split, pooled);
 - :mod:`~components.evaluation.evaluator`: the prediction loop (one forward pass per batch of
   images with all their expressions, masks scored at the original resolution, DenseCRF of
-  :mod:`~components.evaluation.crf` in worker processes meanwhile);
+  :mod:`~components.evaluation.crf` in worker processes meanwhile; one pool for every split);
+- :mod:`~components.evaluation.pooling`: the gate's pooled metrics, the per-sample table;
 - :mod:`~components.evaluation.sanity`: the shuffled-expression row (does the model use the
   language?);
 - :mod:`~components.evaluation.metrics`: IoU, overall IoU, mean IoU, P@X;
+- :mod:`~components.evaluation.results`: the results table (the paper's Tables 2/3 shape);
 - :mod:`~components.evaluation.examples` and :mod:`~components.evaluation.report`: the best and
   worst examples with their attention maps, and the self-contained HTML report;
 - :mod:`~components.evaluation.outputs`: ``metrics.json`` and ``per_sample.parquet``;
-- :mod:`~components.evaluation.tracking`: the metrics and files on the training run in MLflow.
+- :mod:`~components.evaluation.tracking`: the metrics, tags and files on the training run.
 
-Metric names (docs/evaluation.md): ``{split}_overall_iou``, ``{split}_mean_iou``,
+Metric names (docs/evaluation.md): per split ``{split}_overall_iou``, ``{split}_mean_iou``,
 ``{split}_prec_50`` ... ``{split}_prec_90``, the same with ``_crf``, and
-``{split}_overall_iou_shuffled``.
+``{split}_overall_iou_shuffled``; the gate's pooled ``gate_overall_iou`` ... the same way.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from components.errors import ConfigError, InputError
 from components.evaluation import inputs
 from components.evaluation.crf import MODES as CRF_MODES
 from components.evaluation.crf import CRFParams, CRFPool
-from components.evaluation.evaluator import Evaluator, Timings
+from components.evaluation.evaluator import Evaluator, Predictions, Timings
 from components.evaluation.outputs import (
     FILES,
     METRICS_FILE,
@@ -47,15 +52,25 @@ from components.evaluation.outputs import (
     REPORT_FILE,
     crf_summary,
     metrics_document,
-    per_sample_frame,
     write_json,
 )
+from components.evaluation.pooling import gate_metrics, per_sample_table, pool
+from components.evaluation.results import RESULTS_FILE, results_row
 from components.evaluation.sanity import DEFAULT_MARGIN as DEFAULT_SANITY_MARGIN
 from components.evaluation.sanity import sanity_row
+from components.evaluation.splits import (
+    evaluated_splits,
+    gate_name,
+    parse_splits,
+    resolve_gate,
+)
 from components.evaluation.tracking import log_to_mlflow, resolve_run_id
 from components.logs import get_logger, progress_enabled
 from components.text.tokenized import TokenizedData
 from components.text.tokenizer import LANGS
+from model.geometry import InputFit
+
+DEFAULT_SELECT_SPLIT = "val"  # checkpoints written before select_split was stored chose on val
 
 
 @dataclass
@@ -64,13 +79,13 @@ class EvaluateOptions:
 
     checkpoint: str  # train OUT/checkpoints/best.pt, local or s3://
     data_dir: str  # the tokenize output folder
-    split: str = "val"
+    split: str | None = None  # one split (older callers); joins ``splits``
     crf: bool = True  # also score the DenseCRF-refined masks
-    out_dir: str = "eval_out"  # metrics.json, per_sample.parquet, report.html; local or s3://
+    out_dir: str = "eval_out"  # metrics.json, per_sample.parquet, results.json, report.html
     run_id: str | None = None  # MLflow run to log to; default the train OUT's run_id.txt
     crf_mode: str = "full"  # "full" image or "crop" around the prediction
     workers: int | None = None  # CRF worker processes; default all available cores
-    max_samples: int | None = None  # the first N expressions only (images sorted by id)
+    max_samples: int | None = None  # the first N expressions of each split (images sorted by id)
     seed: int = 0  # of the shuffled-expression row
     lang: str | None = None  # default the checkpoint's
     batch_images: int = 8  # images per forward pass
@@ -80,6 +95,9 @@ class EvaluateOptions:
     n_examples: int = 4  # best and worst examples in the report, each
     report: bool = True  # write report.html
     log_mlflow: bool = True  # log to the training run when a run id is known
+    splits: list[str] | str | None = None  # "val,testA" or a list; None/"" = all but train
+    gate_split: str | None = None  # "testA+testB"; None/"" = all evaluated but the selection
+    allow_gate_on_select_split: bool = False  # accept a gate that includes the selection split
 
     def __post_init__(self) -> None:
         if self.crf_mode not in CRF_MODES:
@@ -94,95 +112,181 @@ class EvaluateOptions:
             raise ConfigError("evaluate needs a checkpoint and a data dir (the tokenize output)")
         self.checkpoint, self.data_dir, self.out_dir = (
             str(self.checkpoint), str(self.data_dir), str(self.out_dir))
+        self.splits = list(dict.fromkeys(parse_splits(self.splits) + parse_splits(self.split)))
 
     def crf_settings(self) -> CRFParams:
         return (self.crf_params or CRFParams()).replace(mode=self.crf_mode)
 
 
+@dataclass
+class _Loaded:
+    """The checkpoint and the data, checked to belong together."""
+
+    model: Any
+    cfg: Any
+    extra: dict
+    lang: str
+    device: Any
+    texts: dict[str, dict]
+    datasets: dict[str, RefDataset]  # by split, in evaluation order
+    select_split: str
+    gate: list[str]
+
+
+def _load(opts: EvaluateOptions, cache: str) -> _Loaded:
+    """Load the checkpoint and the data, check them, resolve the splits and the gate."""
+    model, cfg, extra = inputs.load_model(opts.checkpoint, cache)
+    lang = inputs.language(opts.lang, extra, opts.checkpoint)
+    data = TokenizedData(opts.data_dir)
+    inputs.check_vocabulary(data, lang, model.vocab_size, opts.checkpoint)
+    for s in opts.splits:
+        inputs.check_split(data, lang, s)
+    splits = evaluated_splits(opts.splits, data.splits(lang))
+    select = str(extra.get("select_split") or DEFAULT_SELECT_SPLIT)
+    gate = resolve_gate(opts.gate_split, splits, select,
+                        allow_select=opts.allow_gate_on_select_split,
+                        narrowed=bool(opts.splits), warn=get_logger("evaluate", lang).warning)
+    texts = inputs.expressions(data, lang)
+    fit = InputFit.of(cfg)  # stretch or pad, as the checkpoint was trained
+    datasets = {s: RefDataset(opts.data_dir, lang, s, cfg.input_size, cache_dir=cache, fit=fit)
+                for s in splits}
+    for s, ds in datasets.items():
+        if len(ds) == 0:
+            raise InputError(f"split {s!r} of {opts.data_dir} has no samples for language "
+                             f"{lang!r}")
+    model, dev = inputs.to_device(model, opts.device)
+    return _Loaded(model, cfg, extra, lang, dev, texts, datasets, select, gate)
+
+
+def _predict(opts: EvaluateOptions, ld: _Loaded, params: CRFParams, timings: Timings, log
+             ) -> tuple[dict[str, Predictions], int, dict[str, float]]:
+    """Every split through the model (one CRF pool for all). Returns (predictions by split, CRF
+    workers, seconds by split)."""
+    preds: dict[str, Predictions] = {}
+    seconds: dict[str, float] = {}
+    ann_ids = {s: e["ann_id"] for s, e in ld.texts.items()}
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(CRFPool(params, opts.workers)) if opts.crf else None
+        workers = pool.workers if pool is not None else 0
+        for split, ds in ld.datasets.items():
+            t = time.perf_counter()
+            with _progress_bar(log, len(ds), f"evaluate {split}/{ld.lang}") as bar:
+                preds[split] = Evaluator(
+                    ld.model, ds, ann_ids, params, pool, timings, seed=opts.seed,
+                    batch_images=opts.batch_images, max_samples=opts.max_samples,
+                    lang=ld.lang).run(bar)
+            seconds[split] = round(time.perf_counter() - t, 4)
+    return preds, workers, seconds
+
+
+def _score(opts: EvaluateOptions, preds: dict[str, Predictions], gate: list[str], log
+           ) -> tuple[dict[str, float], dict[str, dict], dict[str, Any]]:
+    """(metrics, sanity row by split, the sanity row over every split)."""
+    metrics: dict[str, float] = {}
+    by_split: dict[str, dict] = {}
+    for split, p in preds.items():
+        metrics.update(p.metrics(split, crf=opts.crf))
+        by_split[split] = sanity_row(p.rows, p.shuffled, p.sanity_counts, opts.sanity_margin)
+        if by_split[split]["n_samples"]:
+            metrics[f"{split}_overall_iou_shuffled"] = by_split[split]["overall_iou_shuffled"]
+    metrics.update(gate_metrics(preds, gate, opts.crf))
+    everything = pool(list(preds.values()))
+    sanity = sanity_row(everything.rows, everything.shuffled, everything.sanity_counts,
+                        opts.sanity_margin)
+    (log.warning if sanity["uses_language"] is False else log.info)(sanity["message"])
+    return metrics, by_split, sanity
+
+
 def evaluate(checkpoint: str | EvaluateOptions, data_dir: str | None = None,
              **options: Any) -> dict[str, Any]:
-    """Evaluate the checkpoint on a split of the tokenized data; write metrics.json,
-    per_sample.parquet and report.html to ``out_dir``; log to MLflow when a run id is known.
-    ``evaluate(checkpoint, data_dir, split=..., ...)`` takes :class:`EvaluateOptions`' fields as
-    keywords. Returns the metrics.json document."""
+    """Evaluate the checkpoint on the splits of the tokenized data; write metrics.json,
+    per_sample.parquet, results.json and report.html to ``out_dir``; log to MLflow when a run
+    id is known. ``evaluate(checkpoint, data_dir, splits=..., ...)`` takes
+    :class:`EvaluateOptions`' fields as keywords. Returns the metrics.json document."""
     opts = (checkpoint if isinstance(checkpoint, EvaluateOptions)
             else EvaluateOptions(checkpoint, data_dir, **options))
-    params, split, timings, t_start = opts.crf_settings(), opts.split, Timings(), time.perf_counter()
+    params, timings, t_start = opts.crf_settings(), Timings(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="refseg-eval-") as work, \
             storage.staged_output(opts.out_dir, prefix="refseg-eval-") as out:
-        # ---- load the checkpoint and the data, and check that they belong together -----------
         with timings.measure("load_s"):
-            cache = os.path.join(work, "cache")
-            model, cfg, extra = inputs.load_model(opts.checkpoint, cache)
-            lang = inputs.language(opts.lang, extra, opts.checkpoint)
-            data = TokenizedData(opts.data_dir)
-            inputs.check_vocabulary(data, lang, model.vocab_size, opts.checkpoint)
-            inputs.check_split(data, lang, split)
-            texts = inputs.expressions(data, lang)
-            from model.geometry import InputFit
-
-            ds = RefDataset(opts.data_dir, lang, split, cfg.input_size, cache_dir=cache,
-                            fit=InputFit.of(cfg))
-            model, dev = inputs.to_device(model, opts.device)
-        if len(ds) == 0:
-            raise InputError(f"split {split!r} of {opts.data_dir} has no samples for language "
-                             f"{lang!r}")
-        log = get_logger("evaluate", lang)
-        log.info("%s: %d images, checkpoint step %s, on %s, CRF %s", split, len(ds),
-                 extra.get("step"), dev, opts.crf_mode if opts.crf else "off")
-
-        # ---- predict; DenseCRF in worker processes meanwhile ---------------------------------
-        with contextlib.ExitStack() as stack:
-            pool = stack.enter_context(CRFPool(params, opts.workers)) if opts.crf else None
-            workers = pool.workers if pool is not None else 0
-            bar = stack.enter_context(_progress_bar(log, len(ds), f"evaluate {split}/{lang}"))
-            pred = Evaluator(model, ds, {s: e["ann_id"] for s, e in texts.items()}, params, pool,
-                             timings, seed=opts.seed, batch_images=opts.batch_images,
-                             max_samples=opts.max_samples, lang=lang).run(bar)
+            ld = _load(opts, os.path.join(work, "cache"))
+        log = get_logger("evaluate", ld.lang)
+        log.info("%s: %s images, checkpoint step %s (selected on %s), gate %s, on %s, CRF %s",
+                 "+".join(ld.datasets), "+".join(str(len(d)) for d in ld.datasets.values()),
+                 ld.extra.get("step"), ld.select_split, gate_name(ld.gate) or "none", ld.device,
+                 opts.crf_mode if opts.crf else "off")
+        preds, workers, split_seconds = _predict(opts, ld, params, timings, log)
         t_pred_end = time.perf_counter()
-
-        # ---- metrics, the sanity row, the per-sample table -----------------------------------
-        metrics = pred.metrics(split, crf=opts.crf)
-        sanity = sanity_row(pred.rows, pred.shuffled, pred.sanity_counts, opts.sanity_margin)
-        if sanity["n_samples"]:
-            metrics[f"{split}_overall_iou_shuffled"] = sanity["overall_iou_shuffled"]
-        (log.warning if sanity["uses_language"] is False else log.info)(sanity["message"])
-        per_sample = per_sample_frame(pred, with_crf=opts.crf)
+        metrics, sanity_by_split, sanity = _score(opts, preds, ld.gate, log)
+        per_sample = per_sample_table(preds, with_crf=opts.crf)
         with timings.measure("write_s"):
             per_sample.to_parquet(os.path.join(out, PER_SAMPLE_FILE), index=False)
-
-        # ---- examples for the report (a second, small pass with attention maps) --------------
-        examples = []
-        if opts.report and opts.n_examples > 0:
-            from components.evaluation.examples import collect_examples
-
-            with timings.measure("examples_s"):
-                examples = collect_examples(model, ds, pred.positions, texts, per_sample,
-                                            opts.n_examples, params, crf_enabled=opts.crf)
-
-        # ---- metrics.json, report.html, MLflow -----------------------------------------------
+        examples = _examples(opts, ld, preds, per_sample, params, timings)
         rid, rid_source = (resolve_run_id(opts.checkpoint, opts.run_id) if opts.log_mlflow
                            else (None, "disabled"))
+        n_samples = {s: len(p.rows) for s, p in preds.items()}
         doc = metrics_document(
-            opts, lang=lang, device=str(dev), n_images=int(per_sample["image_id"].nunique()),
-            n_samples=len(pred.rows), metrics=metrics, sanity=sanity,
-            crf=crf_summary(opts.crf, opts.crf_mode, params, workers, pred, timings),
+            opts, lang=ld.lang, device=str(ld.device),
+            n_images=int(per_sample[["split", "image_id"]].drop_duplicates().shape[0]),
+            n_samples=len(per_sample), metrics=metrics, sanity=sanity,
+            crf=crf_summary(opts.crf, opts.crf_mode, params, workers,
+                            pool(list(preds.values())), timings),
             timings={**timings.rounded(), "predict_wall_s": round(t_pred_end - t_start, 4)},
-            config_name=cfg.name, extra=extra, run_id=rid, run_id_source=rid_source)
-        if opts.report:
-            from components.evaluation.report import write_report
-
-            t = time.perf_counter()
-            write_report(os.path.join(out, REPORT_FILE), doc, per_sample, examples)
-            doc["timings"]["report_s"] = round(time.perf_counter() - t, 4)
-        doc["timings"]["total_s"] = round(time.perf_counter() - t_start, 4)
-        write_json(os.path.join(out, METRICS_FILE), doc)
-        if rid:
-            log_to_mlflow(rid, doc, out, split, FILES)
-            doc["mlflow"]["logged"] = True
-            write_json(os.path.join(out, METRICS_FILE), doc)
-            log.info("logged to MLflow run %s", rid)
+            config_name=ld.cfg.name, extra=ld.extra, run_id=rid, run_id_source=rid_source)
+        doc.update(_split_entries(preds, per_sample, sanity_by_split, split_seconds, ld))
+        doc["results"] = results_row(
+            dataset=inputs.dataset_name(ld.texts, per_sample["sample_id"]), lang=ld.lang,
+            metrics=metrics, n_samples=n_samples, gate_split=doc["gate_split"] or "",
+            select_split=ld.select_split)
+        write_json(os.path.join(out, RESULTS_FILE), doc["results"])
+        _write(opts, out, doc, per_sample, examples, t_start, rid, log)
     return doc
+
+
+def _examples(opts, ld: _Loaded, preds, per_sample, params, timings) -> list[dict[str, Any]]:
+    """The report's best and worst examples over every split (a second, small pass with
+    attention maps)."""
+    if not (opts.report and opts.n_examples > 0):
+        return []
+    from components.evaluation.examples import collect_examples_by_split
+
+    with timings.measure("examples_s"):
+        return collect_examples_by_split(
+            ld.model, ld.datasets, {s: p.positions for s, p in preds.items()}, ld.texts,
+            per_sample, opts.n_examples, params, crf_enabled=opts.crf)
+
+
+def _split_entries(preds, per_sample, sanity_by_split, split_seconds, ld: _Loaded
+                   ) -> dict[str, Any]:
+    """metrics.json's ``splits``, ``select_split``, ``gate_split`` and ``per_split``."""
+    per_split = {}
+    for s, p in preds.items():
+        rows = per_sample[per_sample["split"] == s]
+        entry = {"n_samples": len(p.rows), "n_images": int(rows["image_id"].nunique()),
+                 "seconds": split_seconds[s], "sanity": sanity_by_split[s]}
+        if p.crf_seconds:
+            per_image = rows.groupby("image_id")["crf_seconds"].sum()
+            entry["crf_seconds_per_image"] = round(float(per_image.mean()), 5)
+        per_split[s] = entry
+    return {"split": "+".join(preds), "splits": list(preds), "select_split": ld.select_split,
+            "gate_split": gate_name(ld.gate) or None, "per_split": per_split}
+
+
+def _write(opts, out: str, doc: dict, per_sample, examples, t_start: float, rid, log) -> None:
+    """report.html, metrics.json, and the logging to MLflow."""
+    if opts.report:
+        from components.evaluation.report import write_report
+
+        t = time.perf_counter()
+        write_report(os.path.join(out, REPORT_FILE), doc, per_sample, examples)
+        doc["timings"]["report_s"] = round(time.perf_counter() - t, 4)
+    doc["timings"]["total_s"] = round(time.perf_counter() - t_start, 4)
+    write_json(os.path.join(out, METRICS_FILE), doc)
+    if rid:
+        log_to_mlflow(rid, doc, out, FILES)
+        doc["mlflow"]["logged"] = True
+        write_json(os.path.join(out, METRICS_FILE), doc)
+        log.info("logged to MLflow run %s", rid)
 
 
 @contextlib.contextmanager
@@ -203,7 +307,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="model checkpoint (train OUT/checkpoints/"
                    "best.pt), local or s3://")
     p.add_argument("--data", required=True, help="tokenize output folder (the data dir)")
-    p.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    p.add_argument("--split", "--splits", dest="splits", action="append", default=None,
+                   help="split(s) to evaluate, repeatable or comma-separated (default: every "
+                        "split of the data but train)")
+    p.add_argument("--gate-split", default=None, help="the split(s) the promotion gate is "
+                   "measured on, pooled, joined with '+' (default: every evaluated split but the "
+                   "checkpoint's selection split, e.g. testA+testB)")
+    p.add_argument("--allow-gate-on-select-split", action="store_true", help="accept a gate "
+                   "split that includes the selection split (optimistic; a warning)")
     p.add_argument("--out", required=True, help="output folder for metrics.json, "
                    "per_sample.parquet, report.html")
     p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
@@ -230,17 +341,22 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     doc = evaluate(EvaluateOptions(
-        args.checkpoint, args.data, split=args.split, crf=args.crf, out_dir=args.out,
+        args.checkpoint, args.data, splits=args.splits, crf=args.crf, out_dir=args.out,
         run_id=args.run_id, crf_mode=args.crf_mode, workers=args.workers,
         max_samples=args.max_samples, seed=args.seed, lang=args.lang,
         batch_images=args.batch_images, device=args.device, sanity_margin=args.sanity_margin,
-        report=not args.no_report, log_mlflow=not args.no_mlflow))
-    m, s = doc["metrics"], doc["split"]
-    line = (f"{s}/{doc['lang']}: {doc['n_samples']} samples, overall IoU "
-            f"{m[f'{s}_overall_iou']:.4f}, mean IoU {m[f'{s}_mean_iou']:.4f}, "
-            f"P@0.5 {m[f'{s}_prec_50']:.4f}")
-    if f"{s}_overall_iou_crf" in m:
-        line += f"; with CRF {m[f'{s}_overall_iou_crf']:.4f}"
-    print(line)
-    print(f"wrote {storage.join(args.out, METRICS_FILE)}")
+        report=not args.no_report, log_mlflow=not args.no_mlflow, gate_split=args.gate_split,
+        allow_gate_on_select_split=args.allow_gate_on_select_split))
+    m = doc["metrics"]
+    names = list(doc["splits"]) + (["gate"] if doc["gate_split"] else [])
+    for s in names:
+        n = doc["per_split"][s]["n_samples"] if s != "gate" else doc["results"]["gate"][
+            "n_samples"]
+        label = f"gate ({doc['gate_split']})" if s == "gate" else s
+        line = (f"{label}/{doc['lang']}: {n} samples, overall IoU {m[f'{s}_overall_iou']:.4f}, "
+                f"mean IoU {m[f'{s}_mean_iou']:.4f}, P@0.5 {m[f'{s}_prec_50']:.4f}")
+        if f"{s}_overall_iou_crf" in m:
+            line += f"; with CRF {m[f'{s}_overall_iou_crf']:.4f}"
+        print(line)
+    print(f"selected on {doc['select_split']}; wrote {storage.join(args.out, METRICS_FILE)}")
     return 0

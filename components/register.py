@@ -3,7 +3,10 @@ the ``champion``.
 
 :func:`register` downloads the run's ``checkpoints/best.pt`` and ``tokenizer/``, logs the pyfunc
 (:mod:`components.serving.pyfunc`) into that run, creates a version of ``bilingual-refseg-<lang>``
-carrying its metrics and provenance as tags, then moves the ``champion`` alias. The rules are in
+carrying its metrics and provenance as tags (among them ``refseg.gate_split``, the split(s) the
+gate metric was measured on, and ``refseg.select_split``, the split best.pt was selected on), then
+moves the ``champion`` alias. The default gate metric is ``gate_overall_iou_crf``: the evaluate
+step's pooled gate split, kept apart from the selection split. The rules are in
 :mod:`components.registry.promotion`, the registry operations and the compare-and-set loop that
 keeps exactly one champion under concurrent registrations in :mod:`components.registry.store`.
 
@@ -25,10 +28,16 @@ from typing import Any
 from components.errors import ConfigError
 from components.logs import get_logger
 from components.registry import store
-from components.registry.promotion import pick_gate, version_tags
+from components.registry.promotion import (
+    T_GATE_SPLIT,
+    T_SELECT_SPLIT,
+    gate_split_of,
+    pick_gate,
+    version_tags,
+)
 from components.serving import model_name
 
-GATE_METRIC = "val_overall_iou_crf"
+GATE_METRIC = "gate_overall_iou_crf"
 log = get_logger("register")
 
 
@@ -111,7 +120,7 @@ def _new_version(client, tracking_uri: str, run, opts: RegisterOptions, name: st
         ckpt, tok = store.download_run_model(run_id, tmp, tracking_uri)
         extra = read_checkpoint(ckpt)["extra"]
         tags = version_tags(run_id, gate, gate_value, opts.margin, opts.floor,
-                            dict(run.data.metrics), _provenance(run, lang, extra, opts))
+                            dict(run.data.metrics), _provenance(run, lang, extra, opts, gate))
         log.info("logging the pyfunc into run %s", run_id)
         info = store.log_into_run(client, run, tracking_uri, lambda: log_pyfunc_model(
             ckpt, tok, lang, os.path.join(tmp, "pyfunc"), tags={"lang": lang}))
@@ -120,9 +129,10 @@ def _new_version(client, tracking_uri: str, run, opts: RegisterOptions, name: st
     return version, info.model_uri
 
 
-def _provenance(run, lang: str, extra: dict, opts: RegisterOptions) -> dict[str, str]:
-    """Where the model comes from: language, dataset fingerprint, git commit, pipeline run, config
-    (the run's values first, then the checkpoint's / this checkout's)."""
+def _provenance(run, lang: str, extra: dict, opts: RegisterOptions, gate: str) -> dict[str, str]:
+    """Where the model comes from: language, the gate and selection splits, dataset fingerprint,
+    git commit, pipeline run, config (the run's values first, then the checkpoint's / this
+    checkout's)."""
     from components import provenance
 
     params, tags = run.data.params, run.data.tags
@@ -131,6 +141,8 @@ def _provenance(run, lang: str, extra: dict, opts: RegisterOptions) -> dict[str,
     commit = tags.get("mlflow.source.git.commit") or provenance.git_commit()
     return {
         "lang": lang,
+        T_GATE_SPLIT: gate_split_of(gate, dict(tags)),
+        T_SELECT_SPLIT: str(tags.get(T_SELECT_SPLIT) or extra.get("select_split") or ""),
         "dataset_fingerprint": str(fingerprint),
         "git_commit": "" if commit == provenance.UNKNOWN else commit,
         "pipeline_run_id": opts.pipeline_run or os.environ.get("REFSEG_PIPELINE_RUN") or "",
@@ -146,8 +158,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lang", choices=("zh", "en"), default=None,
                    help="model language (default: the run's 'lang' param)")
     p.add_argument("--gate-metric", default=GATE_METRIC,
-                   help="metric that decides promotion (default %(default)s; falls back to the "
-                        "non-CRF metric when CRF was off)")
+                   help="metric that decides promotion (default %(default)s: the overall IoU "
+                        "after DenseCRF on the evaluation's gate split, the splits best.pt was "
+                        "not selected on, pooled; falls back to the non-CRF metric when CRF was "
+                        "off). The version's tags refseg.gate_split and refseg.select_split say "
+                        "which split gated and which selected")
     p.add_argument("--margin", type=float, default=0.0,
                    help="champion moves only when the gate beats it by more than this")
     p.add_argument("--floor", type=float, default=0.3,

@@ -48,7 +48,8 @@ class PipelineOptions:
     config: str = "small"
     steps: int = 0
     crf: bool = True
-    split: str = "val"
+    splits: str = ""  # evaluated splits, comma-separated; "" = every split but train
+    gate_split: str = ""  # "testA+testB"; "" = every evaluated split but the selection split
     margin: float = 0.0
     floor: float = 0.3
     max_fail_rate: float = 0.05
@@ -149,10 +150,12 @@ def collect_results(pipeline_output: str, tracking_uri: str) -> dict:
     out = json.loads(pipeline_output)
     check = out.get("check", {})
     res: dict = {"validation_report": _uri_path(check.get("report")), "check_summary": check,
-                 "languages": {}}
+                 "results": out.get("results"),
+                 "results_table": _uri_path(out.get("results_table")), "languages": {}}
     for lang, r in sorted(out.get("languages", {}).items()):
         res["languages"][lang] = {
-            "metrics": r["metrics"], "split": r["split"],
+            "metrics": r["metrics"], "splits": r["splits"], "gate_split": r["gate_split"],
+            "select_split": r["select_split"],
             "evaluation_report": _uri_path(r["evaluation_report"]),
             "per_sample": _uri_path(r["per_sample"]), "registration": r["registration"],
             **registry_state(tracking_uri, lang),
@@ -160,28 +163,37 @@ def collect_results(pipeline_output: str, tracking_uri: str) -> dict:
     return res
 
 
-def print_results(res: dict, root: str, tracking_uri: str, split: str = "val") -> None:
-    print("\nResults per language (" + split + " split)")
-    head = f"{'lang':<5} {'overall IoU':>11} {'+CRF':>7} {'mean IoU':>9} {'P@0.5':>7} " \
-           f"{'shuffled':>9}  {'versions':<10} champion"
+def print_results(res: dict, root: str, tracking_uri: str) -> None:
+    """The results table (overall IoU per split, without / with DenseCRF), then the registry."""
+    table = res.get("results") or {"splits": [], "rows": []}
+    print("\nOverall IoU per split (without / with DenseCRF)")
+    head = f"{'dataset':<10} {'lang':<5}" + "".join(f" {s:>15}" for s in table["splits"]) + \
+        f"  {'gate':<12} {'versions':<10} champion"
     print(head)
     print("-" * len(head))
-    for lang, r in res["languages"].items():
-        m = r["metrics"]
-
-        def f(key, m=m):
-            v = m.get(f"{split}_{key}")
-            return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
-
-        print(f"{lang:<5} {f('overall_iou'):>11} {f('overall_iou_crf'):>7} {f('mean_iou'):>9} "
-              f"{f('prec_50'):>7} {f('overall_iou_shuffled'):>9}  "
+    for row in table["rows"]:
+        r = res["languages"].get(row["lang"], {})
+        cells = ""
+        for s in table["splits"]:
+            c = row["splits"].get(s) or {}
+            cells += f" {_pair(c.get('overall_iou'), c.get('overall_iou_crf')):>15}"
+        print(f"{str(row['dataset']):<10} {row['lang']:<5}{cells}  "
+              f"{str(row.get('gate_split') or '-'):<12} "
               f"{','.join(map(str, r.get('versions', []))):<10} "
               f"{'v' + str(r['champion']) if r.get('champion') else '-'}")
     print(f"\nvalidation report : {res.get('validation_report')}")
+    print(f"results table     : {res.get('results_table')}")
     for lang, r in res["languages"].items():
         print(f"evaluation report ({lang}): {r.get('evaluation_report')}")
     print(f"everything        : {os.path.abspath(root)}")
     print(f"MLflow UI         : mlflow ui --backend-store-uri {tracking_uri} --port 5000")
+
+
+def _pair(a, b) -> str:
+    def f(v):
+        return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
+
+    return f"{f(a)}/{f(b)}"
 
 
 def _share_cores(parallel_tasks: int) -> int:
@@ -228,7 +240,8 @@ def _run_dag(opts: PipelineOptions, root: Path, tracking_uri: str) -> str:
                pipeline_root=str(root / "pipeline"), workspace_root=str(root / "workspace"))
     task = refseg_pipeline(
         manifest_uri=opts.manifest_uri, languages=list(opts.languages), config=opts.config,
-        steps=opts.steps, crf=opts.crf, split=opts.split, margin=opts.margin, floor=opts.floor,
+        steps=opts.steps, crf=opts.crf, splits=opts.splits, gate_split=opts.gate_split,
+        margin=opts.margin, floor=opts.floor,
         max_fail_rate=opts.max_fail_rate, tracking_uri=tracking_uri,
         zh_vectors=opts.zh_vectors, en_vectors=opts.en_vectors, seed=opts.seed)
     return task.output
@@ -281,7 +294,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     add_pipeline_options(p)
     p.add_argument("--config", "--preset", dest="config", default="small",
                    help="model/training config: preset name or YAML file (default small)")
-    p.add_argument("--split", default="val", help="evaluation split (default val)")
+    p.add_argument("--splits", "--split", dest="splits", default="",
+                   help="evaluated splits, comma-separated (default: every split but train)")
+    p.add_argument("--gate-split", default="", help="splits the promotion gate pools, joined "
+                   "with '+' (default: every evaluated split but the selection split)")
     p.add_argument("--margin", type=float, default=0.0, help="promotion margin on the gate metric")
     p.add_argument("--floor", type=float, default=0.3,
                    help="a first model becomes champion only above this gate value (default 0.3)")
@@ -293,10 +309,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     res = run_pipeline(args.manifest, root=args.root, languages=languages_of(args.languages),
                        config=args.config, steps=args.steps, crf=not args.no_crf,
-                       split=args.split, margin=args.margin, floor=args.floor,
+                       splits=args.splits, gate_split=args.gate_split, margin=args.margin,
+                       floor=args.floor,
                        max_fail_rate=args.max_fail_rate, seed=args.seed,
                        zh_vectors=args.zh_vectors, en_vectors=args.en_vectors,
                        verbose=args.verbose > 0)
     print(f"pipeline finished in {res['seconds']} s")
-    print_results(res, args.root, res["tracking_uri"], args.split)
+    print_results(res, args.root, res["tracking_uri"])
     return 0

@@ -46,7 +46,8 @@ def refseg_pipeline(
     config: str = "small",
     steps: int = 0,
     crf: bool = True,
-    split: str = "val",
+    splits: str = "",
+    gate_split: str = "",
     margin: float = 0.0,
     floor: float = 0.3,
     max_fail_rate: float = 0.05,
@@ -55,8 +56,11 @@ def refseg_pipeline(
     en_vectors: str = "",
     seed: int = 0,
 ) -> str:
-    """The parameters keep the names of the CLI flags and step functions they reach. Returns the
-    results step's JSON (check counts and report, per-language metrics, reports, registration)."""
+    """The parameters keep the names of the CLI flags and step functions they reach. ``splits``:
+    the evaluated splits, comma-separated ("" = every split but train); ``gate_split``: the
+    splits the promotion gate pools, joined with '+' ("" = every evaluated split but the
+    selection split). Returns the results step's JSON (check counts and report, per-language
+    metrics, reports, registration, the results table)."""
     check = check_translations_op(manifest_uri=manifest_uri, max_fail_rate=max_fail_rate)
     _on_cluster(check)
     check.set_display_name("check translations").set_retry(num_retries=2)
@@ -78,7 +82,8 @@ def refseg_pipeline(
         tr.set_retry(num_retries=3)  # safe: a restarted train step resumes from its checkpoint
 
         ev = evaluate_op(model=tr.outputs["model"], data=tok.outputs["data"], lang=lang,
-                         split=split, crf=crf, run_id=tr.outputs["Output"],
+                         splits=splits, gate_split=gate_split, crf=crf,
+                         run_id=tr.outputs["Output"],
                          tracking_uri=tracking_uri)
         _on_cluster(ev)
         ev.set_display_name("evaluate").set_retry(num_retries=2)
@@ -96,4 +101,4 @@ def refseg_pipeline(
                          registrations=dsl.Collected(reg.outputs["result"]))
     _on_cluster(results)
     results.set_display_name("results").set_caching_options(False)
-    return results.output
+    return results.outputs["Output"]

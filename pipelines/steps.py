@@ -8,7 +8,7 @@ installed, so nothing is installed at run time (``install_kfp_package=False``). 
 The function bodies are shipped to the executor as source, so every import sits inside them.
 Each step configures the ``refseg`` loggers first, so its progress lines (``[train zh] ...``)
 reach the task's log. Knobs keep one name from the CLI flag to the pipeline parameter to the
-component to the function (``config``, ``steps``, ``split``, ``margin``, ``floor``,
+component to the function (``config``, ``steps``, ``splits``, ``gate_split``, ``margin``, ``floor``,
 ``tracking_uri``, ...).
 """
 
@@ -119,7 +119,8 @@ def evaluate_op(
     model: Input[Model],
     data: Input[Dataset],
     lang: str,
-    split: str,
+    splits: str,
+    gate_split: str,
     crf: bool,
     run_id: str,
     tracking_uri: str,
@@ -127,12 +128,14 @@ def evaluate_op(
     report: Output[HTML],
     per_sample: Output[Dataset],
 ) -> str:
-    """IoU and Precision@X with and without DenseCRF; metrics shown by the KFP UI.
+    """IoU and Precision@X with and without DenseCRF on every split; metrics shown by the KFP UI.
 
-    Inputs: model (train output), data (tokenize folder), lang, split, crf, run_id (the training
-    run the metrics are logged to), tracking_uri.
-    Outputs: metrics, report (HTML), per_sample (Parquet); returns a JSON summary
-    (lang, split, metrics, report and per_sample URIs) for the pipeline's results step."""
+    Inputs: model (train output), data (tokenize folder), lang, splits (comma-separated; empty =
+    every split but train), gate_split (splits joined with '+'; empty = every evaluated split but
+    the selection split), crf, run_id (the training run the metrics are logged to), tracking_uri.
+    Outputs: metrics, report (HTML), per_sample (Parquet); returns a JSON summary (lang, splits,
+    gate_split, select_split, metrics, the results-table row, report and per_sample URIs) for
+    the pipeline's results step."""
     import json
     import math
     import os
@@ -148,15 +151,17 @@ def evaluate_op(
     from components.training.layout import TrainOutput
 
     out = tempfile.mkdtemp(prefix="eval-")
-    result = evaluate(str(TrainOutput(model.path).best), data.path, split=split, crf=crf,
-                      out_dir=out, run_id=run_id)
+    result = evaluate(str(TrainOutput(model.path).best), data.path, splits=splits or None,
+                      gate_split=gate_split or None, crf=crf, out_dir=out, run_id=run_id)
     finite = {k: float(v) for k, v in result["metrics"].items()
               if isinstance(v, (int, float)) and not math.isnan(v)}
     for name, value in finite.items():
         metrics.log_metric(name, value)
     shutil.copyfile(os.path.join(out, "report.html"), report.path)
     shutil.copyfile(os.path.join(out, "per_sample.parquet"), per_sample.path)
-    return json.dumps({"lang": lang, "split": split, "metrics": finite, "report": report.uri,
+    return json.dumps({"lang": lang, "splits": result["splits"],
+                       "gate_split": result["gate_split"], "select_split": result["select_split"],
+                       "metrics": finite, "results": result["results"], "report": report.uri,
                        "per_sample": per_sample.uri})
 
 
@@ -172,10 +177,14 @@ def register_op(
                                  ("champion", bool), ("reason", str), ("result", str)]):
     """Register the run's model and move the ``champion`` alias when it wins the gate.
 
-    Inputs: run_id (training run), lang (of that run, echoed in result), margin and floor (the promotion gate), tracking_uri,
-    pipeline_run (recorded on the version). Outputs: name, version, status, champion, reason,
-    and result (the same as one JSON object). A refused model (NaN gate metric) is not an error
-    of the pipeline: the step reports it."""
+    The gate metric is register's default, ``gate_overall_iou_crf``: the evaluate step's pooled
+    gate split (never the selection split); the version's tags ``refseg.gate_split`` and
+    ``refseg.select_split`` say which split gated and which selected.
+    Inputs: run_id (training run), lang (of that run, echoed in result), margin and floor (the
+    promotion gate), tracking_uri, pipeline_run (recorded on the version). Outputs: name,
+    version, status, champion, reason, and result (the same with gate_metric and gate_value, as
+    one JSON object). A refused model (NaN gate metric) is not an error of the pipeline: the
+    step reports it."""
     import json
     import os
     from collections import namedtuple
@@ -191,7 +200,8 @@ def register_op(
                                      r["reason"])
     version = "" if r["version"] is None else str(r["version"])
     result = {"lang": lang, "name": r["name"], "version": version, "status": str(r["status"]),
-              "champion": bool(r["champion"]), "reason": str(r["reason"] or "")}
+              "champion": bool(r["champion"]), "reason": str(r["reason"] or ""),
+              "gate_metric": str(r["gate_metric"]), "gate_value": float(r["gate_value"])}
     out = namedtuple("Registration", ["name", "version", "status", "champion", "reason",
                                       "result"])
     return out(r["name"], version, result["status"], result["champion"], result["reason"],
@@ -204,23 +214,39 @@ def results_op(
     check_report: Input[HTML],
     evaluations: list,
     registrations: list,
+    results_table: Output[HTML],
+    results_json: Output[Artifact],
 ) -> str:
-    """The run's results in one JSON object (the pipeline's output).
+    """The run's results in one JSON object (the pipeline's output), and the results table.
 
     Inputs: check_summary and check_report (of the check step), evaluations and registrations
     (each language's JSON results, collected over the per-language branches).
-    Returns: {"check": {...counts..., "report": URI}, "languages": {lang: {"metrics",
-    "evaluation_report", "per_sample", "registration"}}}."""
+    Outputs: results_table (one self-contained HTML page: rows dataset x language, columns the
+    splits, overall IoU without and with DenseCRF, the shape of the paper's Tables 2/3) and
+    results_json (the same rows as JSON).
+    Returns: {"check": {...counts..., "report": URI}, "languages": {lang: {"splits",
+    "gate_split", "select_split", "metrics", "evaluation_report", "per_sample",
+    "registration"}}, "results": {"splits", "rows"}, "results_table": URI}."""
     import json
+
+    from components.evaluation.results import merge_rows, page_html
 
     with open(check_summary.path, encoding="utf-8") as fh:
         check = json.load(fh)
     check["report"] = check_report.uri
     registered = {r["lang"]: r for r in map(json.loads, registrations)}
-    languages = {}
+    languages, rows = {}, []
     for ev in map(json.loads, evaluations):
-        languages[ev["lang"]] = {"split": ev["split"], "metrics": ev["metrics"],
+        languages[ev["lang"]] = {"splits": ev["splits"], "gate_split": ev["gate_split"],
+                                 "select_split": ev["select_split"], "metrics": ev["metrics"],
                                  "evaluation_report": ev["report"],
                                  "per_sample": ev["per_sample"],
                                  "registration": registered.get(ev["lang"])}
-    return json.dumps({"check": check, "languages": languages}, sort_keys=True)
+        rows.append(ev["results"])
+    table = merge_rows(rows)
+    with open(results_table.path, "w", encoding="utf-8") as fh:
+        fh.write(page_html(table, "refseg results: overall IoU per split"))
+    with open(results_json.path, "w", encoding="utf-8") as fh:
+        json.dump(table, fh, indent=2, ensure_ascii=False)
+    return json.dumps({"check": check, "languages": languages, "results": table,
+                       "results_table": results_table.uri}, sort_keys=True)

@@ -196,7 +196,8 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(trained, tmp_path_factory):
-    """evaluate() on the val split with CRF; the MLflow run is found via <ckpt dir>/../run_id.txt."""
+    """evaluate() on every split (val, testA, testB) with CRF; the MLflow run is found via
+    <ckpt dir>/../run_id.txt."""
     from components.evaluate import evaluate
 
     old = os.environ.get("MLFLOW_TRACKING_URI")
@@ -204,8 +205,8 @@ def evaluated(trained, tmp_path_factory):
     try:
         out = tmp_path_factory.mktemp("evalout")
         t0 = time.perf_counter()
-        doc = evaluate(trained["checkpoint"], trained["data"], split="val", crf=True,
-                       out_dir=str(out), workers=2, seed=0)
+        doc = evaluate(trained["checkpoint"], trained["data"], crf=True, out_dir=str(out),
+                       workers=2, seed=0)
         seconds = time.perf_counter() - t0
     finally:
         if old is None:
@@ -219,14 +220,18 @@ def evaluated(trained, tmp_path_factory):
 def test_evaluate_metrics_follow_the_contract(evaluated):
     doc = evaluated["doc"]
     names = ["overall_iou", "mean_iou", "prec_50", "prec_60", "prec_70", "prec_80", "prec_90"]
-    want = {f"val_{n}" for n in names} | {f"val_{n}_crf" for n in names}
-    want.add("val_overall_iou_shuffled")
+    want = {f"gate_{n}" for n in names} | {f"gate_{n}_crf" for n in names}
+    for split in ("val", "testA", "testB"):
+        want |= {f"{split}_{n}" for n in names} | {f"{split}_{n}_crf" for n in names}
+        want.add(f"{split}_overall_iou_shuffled")
     assert set(doc["metrics"]) == want
     assert all(0.0 <= v <= 1.0 for v in doc["metrics"].values())
-    assert doc["split"] == "val" and doc["lang"] == "zh"
+    assert doc["splits"] == ["val", "testA", "testB"] and doc["lang"] == "zh"
+    assert (doc["select_split"], doc["gate_split"]) == ("val", "testA+testB")
     on_disk = json.loads((evaluated["out"] / "metrics.json").read_text(encoding="utf-8"))
     assert on_disk["metrics"] == doc["metrics"]
-    assert set(on_disk) >= {"split", "lang", "n_samples", "metrics", "crf", "sanity", "timings"}
+    assert set(on_disk) >= {"split", "splits", "gate_split", "select_split", "per_split", "lang",
+                            "n_samples", "metrics", "crf", "sanity", "timings", "results"}
     crf = on_disk["crf"]
     assert crf["enabled"] and crf["mode"] == "full" and crf["workers"] == 2
     assert crf["params"]["bilateral_sxy"] == 20.0 and crf["params"]["iterations"] == 5
@@ -242,10 +247,25 @@ def test_per_sample_table_reproduces_the_metrics(evaluated):
     assert {"sample_id", "language", "intersection", "union", "iou", "intersection_crf",
             "union_crf", "iou_crf", "iou_shuffled"} <= set(df.columns)
     assert (df["language"] == "zh").all() and df["sample_id"].is_unique
+    assert list(df.columns[:2]) == ["sample_id", "split"]
     m = doc["metrics"]
-    assert df["intersection"].sum() / df["union"].sum() == pytest.approx(m["val_overall_iou"])
-    assert df["iou_crf"].mean() == pytest.approx(m["val_mean_iou_crf"])
-    assert (df["iou"] > 0.5).mean() == pytest.approx(m["val_prec_50"])
+    for split in ("val", "testA", "testB"):
+        d = df[df["split"] == split]
+        assert len(d) == doc["per_split"][split]["n_samples"] > 0
+        assert d["intersection"].sum() / d["union"].sum() == pytest.approx(
+            m[f"{split}_overall_iou"])
+        assert d["iou_crf"].mean() == pytest.approx(m[f"{split}_mean_iou_crf"])
+        assert (d["iou"] > 0.5).mean() == pytest.approx(m[f"{split}_prec_50"])
+    # the gate pools testA and testB: sums of intersections over sums of unions, means over
+    # the pooled samples (not the mean of the two splits' figures)
+    g = df[df["split"].isin(["testA", "testB"])]
+    assert g["intersection_crf"].sum() / g["union_crf"].sum() == pytest.approx(
+        m["gate_overall_iou_crf"])
+    assert g["intersection"].sum() / g["union"].sum() == pytest.approx(m["gate_overall_iou"])
+    assert g["iou"].mean() == pytest.approx(m["gate_mean_iou"])
+    assert (g["iou_crf"] > 0.7).mean() == pytest.approx(m["gate_prec_70_crf"])
+    assert m["gate_overall_iou"] != pytest.approx(
+        (m["testA_overall_iou"] + m["testB_overall_iou"]) / 2, abs=1e-9)
 
 
 def test_shuffled_expressions_score_clearly_below_true_ones(evaluated, trained):
@@ -260,7 +280,10 @@ def test_shuffled_expressions_score_clearly_below_true_ones(evaluated, trained):
     assert true > 0.03, f"the trained model is too weak to test: {s}"
     assert shuffled < 0.5 * true, s
     assert s["uses_language"] is True and "uses the language" in s["message"]
-    assert doc["metrics"]["val_overall_iou_shuffled"] == shuffled
+    val = doc["per_split"]["val"]["sanity"]
+    assert doc["metrics"]["val_overall_iou_shuffled"] == val["overall_iou_shuffled"]
+    assert s["n_samples"] == sum(doc["per_split"][p]["sanity"]["n_samples"]
+                                 for p in doc["splits"])
 
 
 def test_metrics_and_report_logged_to_the_training_run(evaluated):
@@ -271,9 +294,13 @@ def test_metrics_and_report_logged_to_the_training_run(evaluated):
     doc = evaluated["doc"]
     for k, v in doc["metrics"].items():
         assert run.data.metrics[k] == pytest.approx(v)
-    arts = {a.path for a in client.list_artifacts(evaluated["run_id"], "evaluation/val")}
-    assert {"evaluation/val/metrics.json", "evaluation/val/report.html",
-            "evaluation/val/per_sample.parquet"} <= arts
+    where = "evaluation/val_testA_testB"
+    arts = {a.path for a in client.list_artifacts(evaluated["run_id"], where)}
+    assert {f"{where}/{f}" for f in ("metrics.json", "report.html", "per_sample.parquet",
+                                     "results.json")} <= arts
+    assert run.data.tags["refseg.gate_split"] == "testA+testB"
+    assert run.data.tags["refseg.select_split"] == "val"
+    assert run.data.tags["eval.testB.n_samples"] == str(doc["per_split"]["testB"]["n_samples"])
     assert doc["mlflow"]["logged"] and doc["mlflow"]["run_id_source"].endswith("run_id.txt")
 
 
@@ -319,6 +346,12 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     probe_out = json.loads(found.group(1).replace("&quot;", '"'))
     assert probe_out["errs"] == []
     assert len(probe_out["imgs"]) == n_png
+    # the results table: one row (synth, zh), the three splits, without and with DenseCRF
+    m, cells = evaluated["doc"]["metrics"], _dom_cells(res.stdout)
+    for split in ("val", "testA", "testB"):
+        assert cells[f"synth-zh-{split}-iou"] == f"{100 * m[f'{split}_overall_iou']:.2f}"
+        assert cells[f"synth-zh-{split}-crf"] == f"{100 * m[f'{split}_overall_iou_crf']:.2f}"
+    assert "gate_overall_iou_crf" in res.stdout and "testA+testB" in res.stdout
     assert all(c and w > 100 and h > 50 for c, w, h in probe_out["imgs"]), probe_out
     shot = tmp_path / "shot.png"
     res = _chromium("--window-size=1200,900", f"--screenshot={shot}", html_path.as_uri(),
@@ -382,3 +415,130 @@ def test_cli_evaluate_without_crf(trained, tmp_path, monkeypatch, capsys):
                "--split", "nosuch", "--no-mlflow", "--quiet", "--out", str(tmp_path / "x")])
     assert rc == 1
     assert "nosuch" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# every split, the gate split and the results table
+def test_split_order_and_gate_rules():
+    from components.errors import ConfigError
+    from components.evaluation.splits import evaluated_splits, order_splits, resolve_gate
+
+    assert order_splits(["testB", "zeta", "test", "val", "alpha", "testA"]) == [
+        "val", "testA", "testB", "test", "alpha", "zeta"]
+    assert evaluated_splits([], ["testB", "train", "val", "testA"]) == ["val", "testA", "testB"]
+    assert evaluated_splits(["testB", "val"], ["testB", "train", "val"]) == ["val", "testB"]
+    with pytest.raises(ConfigError, match="'nosuch' has no expressions"):
+        evaluated_splits(["nosuch"], ["val", "train"])
+    with pytest.raises(ConfigError, match="pass --split"):
+        evaluated_splits([], ["train"])
+    warned: list[str] = []
+    ev = ["val", "testA", "testB"]
+    assert resolve_gate(None, ev, "val", allow_select=False, narrowed=False,
+                        warn=warned.append) == ["testA", "testB"]
+    assert resolve_gate("testB+testA", ev, "val", allow_select=False, narrowed=False,
+                        warn=warned.append) == ["testA", "testB"]
+    assert resolve_gate(None, ev, "testA", allow_select=False, narrowed=False,
+                        warn=warned.append) == ["val", "testB"]
+    assert warned == []
+    with pytest.raises(ConfigError) as err:
+        resolve_gate("val+testA", ev, "val", allow_select=False, narrowed=False, warn=print)
+    msg = str(err.value)
+    assert "\n" not in msg and "includes the selection split 'val'" in msg
+    assert "--allow-gate-on-select-split" in msg
+    assert resolve_gate("val", ev, "val", allow_select=True, narrowed=False,
+                        warn=warned.append) == ["val"]
+    assert len(warned) == 1 and "optimistic" in warned[0]
+    with pytest.raises(ConfigError, match="split 'test' is not evaluated"):
+        resolve_gate("testA+test", ev, "val", allow_select=False, narrowed=False, warn=print)
+    # a data set with nothing but the selection split to evaluate: say to pass --gate-split
+    with pytest.raises(ConfigError, match="nothing is left for the gate.*pass --gate-split"):
+        resolve_gate(None, ["val"], "val", allow_select=False, narrowed=False, warn=print)
+    # the caller narrowed the evaluation to the selection split: no gate, a warning
+    assert resolve_gate(None, ["val"], "val", allow_select=False, narrowed=True,
+                        warn=warned.append) == []
+    assert "no gate split" in warned[-1]
+
+
+def test_gate_split_through_evaluate(trained, tmp_path):
+    from components.errors import ConfigError
+    from components.evaluate import evaluate
+
+    kw = dict(crf=False, report=False, log_mlflow=False, max_samples=6, workers=1)
+    with pytest.raises(ConfigError, match=r"gate_split 'val\+testA' includes the selection"):
+        evaluate(trained["checkpoint"], trained["data"], gate_split="val+testA",
+                 out_dir=str(tmp_path / "a"), **kw)
+    with pytest.raises(ConfigError, match="'testB' is not evaluated"):
+        evaluate(trained["checkpoint"], trained["data"], splits="val,testA", gate_split="testB",
+                 out_dir=str(tmp_path / "b"), **kw)
+    doc = evaluate(trained["checkpoint"], trained["data"], splits=["val", "testA"],
+                   gate_split="val", allow_gate_on_select_split=True,
+                   out_dir=str(tmp_path / "c"), **kw)
+    m = doc["metrics"]
+    assert doc["splits"] == ["val", "testA"] and doc["gate_split"] == "val"
+    assert m["gate_overall_iou"] == m["val_overall_iou"] and "gate_overall_iou_crf" not in m
+    # one split, as older callers pass it: that split only, and no gate beside the selection
+    doc = evaluate(trained["checkpoint"], trained["data"], split="val",
+                   out_dir=str(tmp_path / "d"), **kw)
+    assert doc["splits"] == ["val"] and doc["split"] == "val" and doc["gate_split"] is None
+    assert not any(k.startswith("gate_") for k in doc["metrics"])
+    assert json.loads((tmp_path / "d" / "results.json").read_text())["gate_split"] is None
+
+
+def test_results_json_is_the_row_of_the_table(evaluated):
+    doc = evaluated["doc"]
+    row = json.loads((evaluated["out"] / "results.json").read_text(encoding="utf-8"))
+    assert row == doc["results"]
+    assert (row["dataset"], row["lang"], row["select_split"], row["gate_split"]) == (
+        "synth", "zh", "val", "testA+testB")
+    assert list(row["splits"]) == ["val", "testA", "testB"]
+    m = doc["metrics"]
+    for s, cell in row["splits"].items():
+        assert cell == {"n_samples": doc["per_split"][s]["n_samples"],
+                        "overall_iou": m[f"{s}_overall_iou"],
+                        "overall_iou_crf": m[f"{s}_overall_iou_crf"]}
+    assert row["gate"] == {"n_samples": row["splits"]["testA"]["n_samples"]
+                           + row["splits"]["testB"]["n_samples"],
+                           "overall_iou": m["gate_overall_iou"],
+                           "overall_iou_crf": m["gate_overall_iou_crf"]}
+
+
+def _dom_cells(dom: str) -> dict[str, str]:
+    """id -> text of every table cell with an id in a dumped DOM."""
+    return dict(re.findall(r'<td[^>]*\bid="([^"]+)"[^>]*>([^<]*)</td>', dom))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_results_table_page_renders_in_headless_chromium(tmp_path):
+    """The results step's page: rows dataset x language, columns the splits, overall IoU (%)
+    without and with DenseCRF; what a row lacks is '-'."""
+    from components.evaluation.results import merge_rows, page_html, results_row
+
+    zh = results_row(dataset="synth", lang="zh", metrics={
+        "val_overall_iou": 0.5, "val_overall_iou_crf": 0.5197, "testA_overall_iou": 0.41,
+        "testA_overall_iou_crf": 0.4321, "testB_overall_iou": 0.3, "testB_overall_iou_crf": 0.31,
+        "gate_overall_iou": 0.36, "gate_overall_iou_crf": 0.37},
+        n_samples={"val": 10, "testA": 4, "testB": 6}, gate_split="testA+testB",
+        select_split="val")
+    en = results_row(dataset="synth", lang="en", metrics={
+        "val_overall_iou": 0.6, "testA_overall_iou": 0.25, "gate_overall_iou": 0.25},
+        n_samples={"val": 10, "testA": 4}, gate_split="testA", select_split="val")
+    doc = merge_rows([zh, en])
+    assert doc["splits"] == ["val", "testA", "testB"]
+    assert [r["lang"] for r in doc["rows"]] == ["en", "zh"]
+    page = tmp_path / "results.html"
+    page.write_text(page_html(doc).replace("<head>", "<head>" + _ERR_PROBE, 1), encoding="utf-8")
+    res = _chromium("--virtual-time-budget=3000", "--dump-dom", page.as_uri(),
+                    profile=str(tmp_path / "profile"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    cells = _dom_cells(res.stdout)
+    assert cells["synth-zh-val-iou"] == "50.00" and cells["synth-zh-val-crf"] == "51.97"
+    assert cells["synth-zh-testA-crf"] == "43.21" and cells["synth-zh-testB-iou"] == "30.00"
+    assert cells["synth-en-val-iou"] == "60.00" and cells["synth-en-val-crf"] == "-"
+    assert cells["synth-en-testB-iou"] == "-" and len(cells) == 2 * 3 * 2
+    assert '<pre id="errs">[]</pre>' in res.stdout
+
+
+_ERR_PROBE = ("<script>window.__errs=[];window.addEventListener('error',e=>window.__errs.push("
+              "String(e.message||e.type)),true);window.addEventListener('load',()=>{const p="
+              "document.createElement('pre');p.id='errs';p.textContent=JSON.stringify("
+              "window.__errs);document.body.appendChild(p);});</script>")

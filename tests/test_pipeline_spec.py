@@ -74,7 +74,19 @@ def test_parameter_defaults(compiled):
     assert params["crf"]["defaultValue"] is True
     assert params["margin"]["defaultValue"] == 0.0
     assert params["max_fail_rate"]["defaultValue"] == 0.05
+    # every split is evaluated, the gate pools the splits the selection did not see
+    assert params["splits"]["defaultValue"] == "" and params["gate_split"]["defaultValue"] == ""
+    assert "split" not in params
     assert "defaultValue" not in params["manifest_uri"]  # required
+
+
+def test_results_step_writes_the_results_table(compiled):
+    _, spec = compiled
+    outs = spec["components"]["comp-results-op"]["outputDefinitions"]["artifacts"]
+    assert outs["results_table"]["artifactType"]["schemaTitle"] == "system.HTML"
+    assert outs["results_json"]["artifactType"]["schemaTitle"] == "system.Artifact"
+    inner = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["evaluate-op"]["inputs"]
+    assert {"splits", "gate_split"} <= set(inner["parameters"])
 
 
 def _check_model(body: dict, model_name: str):

@@ -35,7 +35,7 @@ EN = "the blue circle on the right"
 
 # ------------------------------------------------------------------------------------------------
 # The promotion fold, as a pure function (no server)
-def _v(version, gate, margin=0.0, floor=0.3, eligible=True, metric="val_overall_iou_crf"):
+def _v(version, gate, margin=0.0, floor=0.3, eligible=True, metric="gate_overall_iou_crf"):
     return VersionInfo(version, metric, gate, margin, floor, eligible, "" if eligible else "nan",
                        {metric: gate})
 
@@ -161,7 +161,8 @@ def _tokenizer_dir(tmp: Path, synth_dataset: Path) -> Path:
     return out
 
 
-def _make_run(uri: str, tiny_model, metrics: dict[str, float], lang: str = "zh") -> str:
+def _make_run(uri: str, tiny_model, metrics: dict[str, float], lang: str = "zh",
+              tags: dict[str, str] | None = None) -> str:
     import mlflow
 
     ckpt, tok_dir = tiny_model
@@ -172,6 +173,8 @@ def _make_run(uri: str, tiny_model, metrics: dict[str, float], lang: str = "zh")
         mlflow.log_artifact(str(ckpt), artifact_path="checkpoints")
         mlflow.log_artifacts(str(tok_dir), artifact_path="tokenizer")
         mlflow.log_metrics(metrics)
+        if tags:
+            mlflow.set_tags(tags)
     return run.info.run_id
 
 
@@ -288,14 +291,14 @@ def test_promotion_sequence(mlflow_server, tiny_model):
     from components.register import register
 
     name = "refseg-seq"
-    r1 = register(_make_run(mlflow_server, tiny_model, {"val_overall_iou_crf": 0.50,
-                                                        "val_overall_iou": 0.48}),
+    r1 = register(_make_run(mlflow_server, tiny_model, {"gate_overall_iou_crf": 0.50,
+                                                        "gate_overall_iou": 0.48}),
                   name=name, pipeline_run="kfp-run-42")
     assert (r1["version"], r1["champion"], r1["status"]) == (1, True, "promoted")
-    run2 = _make_run(mlflow_server, tiny_model, {"val_overall_iou_crf": 0.60})
+    run2 = _make_run(mlflow_server, tiny_model, {"gate_overall_iou_crf": 0.60})
     r2 = register(run2, name=name)
     assert (r2["version"], r2["champion"], r2["champion_version"]) == (2, True, 2)
-    r3 = register(_make_run(mlflow_server, tiny_model, {"val_overall_iou_crf": 0.55}), name=name)
+    r3 = register(_make_run(mlflow_server, tiny_model, {"gate_overall_iou_crf": 0.55}), name=name)
     assert (r3["version"], r3["champion"], r3["status"]) == (3, False, "challenger")
 
     c = _client(mlflow_server)
@@ -303,13 +306,13 @@ def test_promotion_sequence(mlflow_server, tiny_model):
     assert c.get_registered_model(name).aliases == {"champion": "2"}
     t3 = c.get_model_version(name, "3").tags
     assert t3["challenger"] == "true"
-    assert t3["reason"] == ("val_overall_iou_crf 0.5500 does not beat champion v2's "
-                            "val_overall_iou_crf 0.6000 by more than margin 0.0000")
+    assert t3["reason"] == ("gate_overall_iou_crf 0.5500 does not beat champion v2's "
+                            "gate_overall_iou_crf 0.6000 by more than margin 0.0000")
     t1 = c.get_model_version(name, "1").tags
     assert t1["dataset_fingerprint"] == "fp-test-123"
     assert t1["pipeline_run_id"] == "kfp-run-42"
     assert len(t1["git_commit"]) in (0, 40)
-    assert float(t1["metric.val_overall_iou"]) == pytest.approx(0.48)
+    assert float(t1["metric.gate_overall_iou"]) == pytest.approx(0.48)
     assert float(t1["refseg.gate_value"]) == pytest.approx(0.50)
     # the model was logged into the training run and the version points at it
     mv2 = c.get_model_version(name, "2")
@@ -322,7 +325,7 @@ def test_promotion_sequence(mlflow_server, tiny_model):
     assert (again["version"], again["champion"]) == (2, True)
     assert len(c.search_model_versions(f"name = '{name}'")) == 3
     # a margin keeps the champion against a small improvement
-    r4 = register(_make_run(mlflow_server, tiny_model, {"val_overall_iou_crf": 0.62}), name=name,
+    r4 = register(_make_run(mlflow_server, tiny_model, {"gate_overall_iou_crf": 0.62}), name=name,
                   margin=0.05)
     assert (r4["champion"], r4["champion_version"]) == (False, 2)
     assert "margin 0.0500" in r4["reason"]
@@ -332,7 +335,7 @@ def test_nan_refused_and_nan_other_metric(mlflow_server, tiny_model):
     from components.register import register
 
     name = "refseg-nan"
-    run = _make_run(mlflow_server, tiny_model, {"val_overall_iou_crf": float("nan")})
+    run = _make_run(mlflow_server, tiny_model, {"gate_overall_iou_crf": float("nan")})
     r = register(run, name=name)
     assert (r["status"], r["version"], r["champion"]) == ("refused", None, False)
     assert "nan" in r["reason"]
@@ -343,14 +346,14 @@ def test_nan_refused_and_nan_other_metric(mlflow_server, tiny_model):
 
     assert main(["register", "--run", run, "--name", name]) == 3  # the CLI says refused
     # gate fine but another metric NaN: registered, never champion
-    r2 = register(_make_run(mlflow_server, tiny_model, {"val_overall_iou_crf": 0.9,
+    r2 = register(_make_run(mlflow_server, tiny_model, {"gate_overall_iou_crf": 0.9,
                                                         "val_prec_90": float("nan")}), name=name)
     assert (r2["version"], r2["champion"], r2["status"]) == (1, False, "challenger")
     assert r2["reason"] == "metric(s) not finite: val_prec_90"
     assert c.get_registered_model(name).aliases == {}
     # missing gate metric is a usage error naming the run
     bare = _make_run(mlflow_server, tiny_model, {"train_loss": 0.3})
-    with pytest.raises(ValueError, match=f"run {bare} has no metric 'val_overall_iou_crf'"):
+    with pytest.raises(ValueError, match=f"run {bare} has no metric 'gate_overall_iou_crf'"):
         register(bare, name=name)
 
 
@@ -358,12 +361,70 @@ def test_first_model_floor_and_crf_fallback(mlflow_server, tiny_model):
     from components.register import register
 
     name = "refseg-floor"
-    r1 = register(_make_run(mlflow_server, tiny_model, {"val_overall_iou_crf": 0.2}), name=name)
+    r1 = register(_make_run(mlflow_server, tiny_model, {"gate_overall_iou_crf": 0.2}), name=name)
     assert (r1["champion"], r1["status"]) == (False, "challenger")
     assert "< floor 0.3000" in r1["reason"]
-    # CRF off: the gate falls back to val_overall_iou
-    r2 = register(_make_run(mlflow_server, tiny_model, {"val_overall_iou": 0.31}), name=name)
-    assert (r2["gate_metric"], r2["champion"], r2["version"]) == ("val_overall_iou", True, 2)
+    # CRF off: the gate falls back to gate_overall_iou
+    r2 = register(_make_run(mlflow_server, tiny_model, {"gate_overall_iou": 0.31}), name=name)
+    assert (r2["gate_metric"], r2["champion"], r2["version"]) == ("gate_overall_iou", True, 2)
+
+
+def test_old_champion_compared_on_its_own_gate_metric():
+    """A champion registered before the gate split (gated on val_overall_iou_crf, no gate_*
+    metric) is compared on its own gate value; a newer one on the same metric."""
+    old = VersionInfo(1, "val_overall_iou_crf", 0.50, 0.0, 0.3, True, "",
+                      {"val_overall_iou_crf": 0.50, "val_overall_iou": 0.45})
+    champ, dec = decide([old, _v(2, 0.49), _v(3, 0.52)])
+    assert champ == 3
+    assert dec[2] == ("challenger", "gate_overall_iou_crf 0.4900 does not beat champion v1's "
+                      "val_overall_iou_crf 0.5000 by more than margin 0.0000")
+    assert dec[3][1].startswith("gate_overall_iou_crf 0.5200 beats champion v1's "
+                                "val_overall_iou_crf 0.5000")
+
+
+def test_gate_split_of_a_metric():
+    from components.registry.promotion import gate_split_of
+
+    tags = {"refseg.gate_split": "testA+testB"}
+    assert gate_split_of("gate_overall_iou_crf", tags) == "testA+testB"
+    assert gate_split_of("gate_overall_iou", {}) == ""
+    assert gate_split_of("val_overall_iou_crf", tags) == "val"
+    assert gate_split_of("testB_prec_50", tags) == "testB"
+
+
+def test_version_says_which_split_gated_and_which_selected(mlflow_server, tiny_model):
+    """The evaluate step's run tags reach the version; an old champion (gated on val) is
+    compared on its own metric by a challenger gated on the pooled test splits."""
+    from components.register import register
+
+    name = "refseg-gate-split"
+    old = register(_make_run(mlflow_server, tiny_model, {"val_overall_iou_crf": 0.50}),
+                   name=name, gate_metric="val_overall_iou_crf")
+    assert old["champion"] and old["gate_metric"] == "val_overall_iou_crf"
+    tags = {"refseg.gate_split": "testA+testB", "refseg.select_split": "val"}
+    new = register(_make_run(mlflow_server, tiny_model, {"gate_overall_iou_crf": 0.55,
+                                                         "val_overall_iou_crf": 0.40},
+                             tags=tags), name=name)
+    assert (new["version"], new["champion"], new["gate_metric"]) == (2, True,
+                                                                     "gate_overall_iou_crf")
+    c = _client(mlflow_server)
+    t1, t2 = (c.get_model_version(name, v).tags for v in ("1", "2"))
+    assert t1["refseg.gate_split"] == "val"  # gated on the val metric
+    assert t1["refseg.select_split"] == ""  # the tiny checkpoint does not say
+    assert t2["refseg.gate_split"] == "testA+testB" and t2["refseg.select_split"] == "val"
+    # compared with the champion's own gate metric (it has no gate_* metric)
+    assert t2["reason"] == ("gate_overall_iou_crf 0.5500 beats champion v1's "
+                            "val_overall_iou_crf 0.5000 by more than margin 0.0000")
+
+
+def test_register_help_names_the_gate_split(capsys):
+    from pipelines.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["register", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "gate_overall_iou_crf" in out and "refseg.gate_split" in out
+    assert "refseg.select_split" in out
 
 
 _RACER = r"""
@@ -381,11 +442,11 @@ def test_concurrent_pair_leaves_one_champion_the_better(mlflow_server, tiny_mode
     from components.register import register
 
     name = "refseg-race"
-    base = register(_make_run(mlflow_server, tiny_model, {"val_overall_iou_crf": 0.40}),
+    base = register(_make_run(mlflow_server, tiny_model, {"gate_overall_iou_crf": 0.40}),
                     name=name)
     assert base["champion"]
-    good = _make_run(mlflow_server, tiny_model, {"val_overall_iou_crf": 0.70})
-    fair = _make_run(mlflow_server, tiny_model, {"val_overall_iou_crf": 0.55})
+    good = _make_run(mlflow_server, tiny_model, {"gate_overall_iou_crf": 0.70})
+    fair = _make_run(mlflow_server, tiny_model, {"gate_overall_iou_crf": 0.55})
     go = tmp_path / "go"
     env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow_server, PYTHONPATH=str(ROOT))
     procs = [subprocess.Popen([PY, "-c", _RACER, rid, name, str(tmp_path / f"ready{i}"), str(go)],
@@ -465,7 +526,7 @@ def test_compare_and_set_under_three_writers(mlflow_server, tmp_path):
 def zh_champion(mlflow_server, tiny_model):
     from components.register import register
 
-    r = register(_make_run(mlflow_server, tiny_model, {"val_overall_iou_crf": 0.45}))
+    r = register(_make_run(mlflow_server, tiny_model, {"gate_overall_iou_crf": 0.45}))
     assert r["name"] == "bilingual-refseg-zh" and r["champion"]
     return "models:/bilingual-refseg-zh@champion"
 

@@ -35,15 +35,35 @@ def choose(per_sample, n: int) -> list[tuple[str, str]]:
     return [(s, "best") for s in best] + [(s, "worst") for s in worst]
 
 
+def collect_examples_by_split(model, datasets: dict, positions: dict[str, dict[int, int]],
+                              texts: dict[str, dict], per_sample, n: int, params: CRFParams,
+                              crf_enabled: bool) -> list[dict[str, Any]]:
+    """The best and worst examples over every evaluated split (``per_sample`` with its ``split``
+    column; ``datasets`` and ``positions`` by split), each run through its split's dataset."""
+    picks = choose(per_sample, n)
+    split_of = dict(zip(per_sample["sample_id"], per_sample["split"], strict=True))
+    found: dict[str, dict[str, Any]] = {}
+    for split, ds in datasets.items():
+        mine = [p for p in picks if split_of[p[0]] == split]
+        if mine:
+            sub = per_sample[per_sample["split"] == split]
+            for ex in collect_examples(model, ds, positions[split], texts, sub, n, params,
+                                       crf_enabled, picks=mine):
+                found[ex["sample_id"]] = dict(ex, split=split)
+    return [found[s] for s, _ in picks if s in found]
+
+
 def collect_examples(model, ds, positions: dict[int, int], texts: dict[str, dict], per_sample,
-                     n: int, params: CRFParams, crf_enabled: bool) -> list[dict[str, Any]]:
+                     n: int, params: CRFParams, crf_enabled: bool,
+                     picks: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
     """The report's example dicts (see :func:`components.evaluation.report.example_figure`):
-    image, gt, prob, pred, pred_crf, attention, levels, text, iou, iou_crf, kind."""
+    image, gt, prob, pred, pred_crf, attention, levels, text, iou, iou_crf, kind. ``picks``:
+    the samples to show (default :func:`choose` over ``per_sample``)."""
     import torch
 
     from model import forward
 
-    picks = choose(per_sample, n)
+    picks = choose(per_sample, n) if picks is None else picks
     by_id = per_sample.set_index("sample_id")
     wanted = {s for s, _ in picks}
     levels = list(model.cfg.levels)

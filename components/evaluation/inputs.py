@@ -56,13 +56,21 @@ def check_split(data: TokenizedData, lang: str, split: str) -> None:
 
 
 def expressions(data: TokenizedData, lang: str) -> dict[str, dict]:
-    """sample_id -> {ann_id, image_id, text} of the manifest, the text in ``lang``."""
+    """sample_id -> {ann_id, image_id, text, dataset} of the manifest, the text in ``lang``."""
     from components.data.manifest import TEXT_COLUMN
 
     df = data.read_manifest()
     col = TEXT_COLUMN[lang]
+    names = df["dataset"] if "dataset" in df else [""] * len(df)
     return {
-        sid: {"ann_id": int(a), "image_id": int(i), "text": t if isinstance(t, str) else ""}
-        for sid, a, i, t in zip(df["sample_id"], df["ann_id"], df["image_id"], df[col],
-                                strict=True)
+        sid: {"ann_id": int(a), "image_id": int(i), "text": t if isinstance(t, str) else "",
+              "dataset": str(d) if isinstance(d, str) else ""}
+        for sid, a, i, t, d in zip(df["sample_id"], df["ann_id"], df["image_id"], df[col], names,
+                                   strict=True)
     }
+
+
+def dataset_name(texts: dict[str, dict], sample_ids) -> str:
+    """The manifest's ``dataset`` of the evaluated samples ("a+b" when they mix several)."""
+    names = sorted({texts[s]["dataset"] for s in sample_ids if s in texts} - {""})
+    return "+".join(names) if names else "unknown"

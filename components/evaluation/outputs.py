@@ -1,6 +1,6 @@
 """The files of an evaluation (``out_dir``, local or s3://): ``metrics.json`` (the document built
-here; schema in docs/evaluation.md, "Outputs"), ``per_sample.parquet`` (one row per expression)
-and ``report.html`` (:mod:`.report`)."""
+here; schema in docs/evaluation.md, "Outputs"), ``per_sample.parquet`` (one row per expression),
+``results.json`` (:mod:`.results`) and ``report.html`` (:mod:`.report`)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import numpy as np
 from components.evaluation.crf import CRFParams
 from components.evaluation.evaluator import Predictions, Timings
 from components.evaluation.metrics import ious
+from components.evaluation.results import RESULTS_FILE
 
 SCHEMA_VERSION = 1
 METRICS_FILE = "metrics.json"
 PER_SAMPLE_FILE = "per_sample.parquet"
 REPORT_FILE = "report.html"
-FILES = (METRICS_FILE, REPORT_FILE, PER_SAMPLE_FILE)
+FILES = (METRICS_FILE, REPORT_FILE, PER_SAMPLE_FILE, RESULTS_FILE)
 
 
 def per_sample_frame(pred: Predictions, with_crf: bool):
@@ -79,7 +80,7 @@ def metrics_document(opts, *, lang: str, device: str, n_images: int, n_samples: 
     """The metrics.json document (``opts``: the step's EvaluateOptions)."""
     return {
         "schema_version": SCHEMA_VERSION,
-        "split": opts.split,
+        "split": "+".join(opts.splits) or None,  # the evaluated splits (set by the step)
         "lang": lang,
         "n_samples": n_samples,
         "n_images": n_images,

@@ -1,5 +1,5 @@
-"""Self-contained HTML report of an evaluation: metric table, IoU histogram, best and worst
-examples as overlays, and the LA attention maps P^ of each level (the paper's Figure 8).
+"""Self-contained HTML report of an evaluation: the results table, a metric table per split and
+for the pooled gate, IoU histogram, best and worst examples as overlays, and the LA attention maps P^ of each level (the paper's Figure 8).
 
 Figures are rendered with matplotlib's Agg canvas (no pyplot, no display) and embedded as base64
 PNG ``data:`` URIs, so the file can be mailed or logged to MLflow as one artifact. Expressions are
@@ -128,9 +128,8 @@ def example_figure(ex: dict[str, Any]) -> str:
     return _png(fig)
 
 
-def _metric_table(doc: dict[str, Any]) -> str:
-    split = doc["split"]
-    m = doc["metrics"]
+def _metric_table(m: dict[str, float], split: str) -> str:
+    """The metrics of one split (or of the pooled gate, ``split`` = "gate")."""
     has_crf = f"{split}_overall_iou_crf" in m
     head = "<tr><th class=l>metric</th><th>no CRF</th>" + (
         "<th>DenseCRF</th><th>CRF gain</th>" if has_crf else "") + "<th class=l>name</th></tr>"
@@ -154,6 +153,26 @@ def _metric_table(doc: dict[str, Any]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _metric_sections(doc: dict[str, Any]) -> list[str]:
+    """The results table (when the document has its row), then one metric table per split and
+    one for the pooled gate."""
+    from components.evaluation.results import merge_rows, table_html
+
+    parts = []
+    if doc.get("results"):
+        parts += ["<h2>Results table</h2>", table_html(merge_rows([doc["results"]]))]
+    splits = doc.get("splits") or [doc["split"]]
+    for split in splits:
+        title = f"Metrics: <code>{html.escape(split)}</code>"
+        if split == doc.get("select_split"):
+            title += " (the selection split: optimistic)"
+        parts += [f"<h2>{title}</h2>", _metric_table(doc["metrics"], split)]
+    if doc.get("gate_split"):
+        parts += [f"<h2>Metrics: gate <code>{html.escape(doc['gate_split'])}</code>, pooled</h2>",
+                  _metric_table(doc["metrics"], "gate")]
+    return parts
+
+
 def _kv_table(d: dict[str, Any]) -> str:
     rows = "".join(f"<tr><td class=l>{html.escape(str(k))}</td><td>{_fmt(v)}</td></tr>"
                    for k, v in d.items())
@@ -162,14 +181,14 @@ def _kv_table(d: dict[str, Any]) -> str:
 
 def render_report(doc: dict[str, Any], per_sample, examples: list[dict[str, Any]]) -> str:
     lang = doc.get("lang") or "en"
-    split = doc["split"]
+    split = "+".join(doc.get("splits") or [doc["split"]])
     sanity = doc.get("sanity", {})
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>refseg evaluation: {html.escape(split)} / {html.escape(lang)}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>Referring segmentation evaluation: split <code>{html.escape(split)}</code>, "
+        f"<h1>Referring segmentation evaluation: split(s) <code>{html.escape(split)}</code>, "
         f"language <code>{html.escape(lang)}</code></h1>",
         f"<p>{doc['n_samples']} expressions on {doc.get('n_images', '?')} images. Checkpoint "
         f"<code>{html.escape(str(doc.get('checkpoint')))}</code>, data "
@@ -182,12 +201,11 @@ def render_report(doc: dict[str, Any], per_sample, examples: list[dict[str, Any]
         cls = "warn" if sanity.get("uses_language") is False else "ok"
         parts.append(f'<p class="{cls}" id="sanity">{html.escape(sanity["message"])}</p>')
     parts += [
-        "<h2>Metrics</h2>",
         "<p class=muted>Overall IoU = sum of intersections / sum of unions over the split; mean IoU "
         "= mean of per-sample IoUs; P@X = share of samples with IoU &gt; X. Masks at the original "
-        "image resolution, threshold 0.5.</p>",
-        _metric_table(doc),
-        "<h2>IoU distribution</h2>",
+        "image resolution, threshold 0.5. The gate pools its splits' samples.</p>",
+        *_metric_sections(doc),
+        "<h2>IoU distribution (every evaluated split)</h2>",
         _img_tag(histogram_figure(per_sample), "IoU histogram"),
     ]
     crf = doc.get("crf", {})
@@ -207,7 +225,9 @@ def render_report(doc: dict[str, Any], per_sample, examples: list[dict[str, Any]
         for e in exs:
             lang_attr = "zh" if lang == "zh" else "en"
             cap = (f'<span class="expr" lang="{lang_attr}">{html.escape(e.get("text", ""))}</span>'
-                   f'<br><span class=muted>{html.escape(e["sample_id"])} &middot; IoU '
+                   f'<br><span class=muted>{html.escape(e["sample_id"])}'
+                   + (f' ({html.escape(e["split"])})' if e.get("split") else "")
+                   + f' &middot; IoU '
                    f'{e["iou"]:.4f}' + (f' &middot; with CRF {e["iou_crf"]:.4f}'
                                         if e.get("iou_crf") is not None else "")
                    + "</span>")

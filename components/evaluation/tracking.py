@@ -15,6 +15,8 @@ from components.logs import get_logger
 from components.training.layout import run_id_file_beside
 
 log = get_logger("evaluate")
+T_SELECT_SPLIT = "refseg.select_split"  # the split best.pt was selected on
+T_GATE_SPLIT = "refseg.gate_split"  # the split(s) the gate_* metrics pool, "testA+testB"
 
 
 def resolve_run_id(checkpoint: str, run_id: str | None) -> tuple[str | None, str]:
@@ -33,10 +35,16 @@ def resolve_run_id(checkpoint: str, run_id: str | None) -> tuple[str | None, str
     return None, "none"
 
 
-def log_to_mlflow(run_id: str, doc: dict[str, Any], folder: str, split: str,
-                  files: tuple[str, ...]) -> None:
-    """Metrics (``{split}_...`` at the checkpoint's step), tags ``eval.{split}.*`` and ``files``
-    of ``folder`` (those that exist) under the artifact path ``evaluation/{split}``."""
+def artifact_path(splits: list[str]) -> str:
+    """Where the files go on the run: ``evaluation/val`` for one split,
+    ``evaluation/val_testA_testB`` for several."""
+    return "evaluation/" + "_".join(splits)
+
+
+def log_to_mlflow(run_id: str, doc: dict[str, Any], folder: str, files: tuple[str, ...]) -> None:
+    """Metrics (per split and ``gate_...``, at the checkpoint's step), tags ``eval.{split}.*``,
+    ``refseg.select_split`` and ``refseg.gate_split``, and ``files`` of ``folder`` (those that
+    exist) under :func:`artifact_path`."""
     import mlflow
     from mlflow.entities import Metric, RunTag
     from mlflow.exceptions import MlflowException
@@ -55,14 +63,18 @@ def log_to_mlflow(run_id: str, doc: dict[str, Any], folder: str, split: str,
     ts = int(time.time() * 1000)
     step = int(doc.get("model", {}).get("step") or 0)
     metrics = [Metric(k, float(v), ts, step) for k, v in doc["metrics"].items()]
-    if doc["crf"].get("enabled"):
-        metrics.append(Metric(f"{split}_crf_seconds_per_image",
-                              float(doc["crf"]["seconds_per_image"]), ts, step))
-    tags = [RunTag(f"eval.{split}.crf_mode", str(doc["crf"]["mode"])),
-            RunTag(f"eval.{split}.n_samples", str(doc["n_samples"])),
-            RunTag(f"eval.{split}.uses_language", str(doc["sanity"].get("uses_language")))]
+    tags = [RunTag(T_SELECT_SPLIT, str(doc["select_split"]))]
+    if doc.get("gate_split"):
+        tags.append(RunTag(T_GATE_SPLIT, str(doc["gate_split"])))
+    for split, entry in doc["per_split"].items():
+        if "crf_seconds_per_image" in entry:
+            metrics.append(Metric(f"{split}_crf_seconds_per_image",
+                                  float(entry["crf_seconds_per_image"]), ts, step))
+        tags += [RunTag(f"eval.{split}.crf_mode", str(doc["crf"]["mode"])),
+                 RunTag(f"eval.{split}.n_samples", str(entry["n_samples"])),
+                 RunTag(f"eval.{split}.uses_language", str(entry["sanity"].get("uses_language")))]
     client.log_batch(run_id, metrics=metrics, tags=tags)
     for name in files:
         path = os.path.join(folder, name)
         if os.path.exists(path):
-            client.log_artifact(run_id, path, artifact_path=f"evaluation/{split}")
+            client.log_artifact(run_id, path, artifact_path=artifact_path(doc["splits"]))

@@ -2,12 +2,16 @@
 
 Every version created by ``refseg register`` carries its gate value, margin and floor as tags,
 written in the same transaction that creates the version:
-- gate metric missing -> :class:`InputError` (run ``refseg evaluate`` first). ``*_crf`` falls
-  back to the plain metric when the run has no CRF metric (CRF was off).
+- gate metric (default ``gate_overall_iou_crf``: the evaluation's pooled gate split, never the
+  selection split) missing -> :class:`InputError` (run ``refseg evaluate`` first). ``*_crf``
+  falls back to the plain metric when the run has no CRF metric (CRF was off). The version's
+  tags ``refseg.gate_split`` and ``refseg.select_split`` say which split gated and which
+  selected.
 - gate metric NaN/inf -> refused: nothing is registered (the step's story).
 - any other metric NaN -> registered, never champion: ``challenger`` with the reason.
 - no champion yet: the version becomes champion when its gate value >= ``floor``.
-- else: champion moves when gate > champion's value of the same metric + ``margin``.
+- else: champion moves when gate > champion's value of the same metric + ``margin``; a champion
+  without that metric (registered before, under another gate) is compared on its own gate.
 - a version tagged ``refseg.excluded`` (set by an operator, e.g. to roll back) is skipped.
 
 The champion is a pure function of the registry's versions: :func:`decide` folds over eligible
@@ -29,6 +33,10 @@ T_GATE_METRIC = "refseg.gate_metric"
 T_GATE_VALUE = "refseg.gate_value"
 T_MARGIN = "refseg.margin"
 T_FLOOR = "refseg.floor"
+T_GATE_SPLIT = "refseg.gate_split"  # the split(s) the gate metric was measured on
+T_SELECT_SPLIT = "refseg.select_split"  # the split best.pt was selected on
+GATE_PREFIX = "gate_"
+_METRIC_STEMS = ("_overall_iou", "_mean_iou", "_prec_")
 T_ELIGIBLE = "refseg.eligible"
 T_INELIGIBLE = "refseg.ineligible_reason"
 T_EXCLUDED = "refseg.excluded"
@@ -127,6 +135,18 @@ def pick_gate(metrics: dict[str, float], gate_metric: str, run_id: str) -> str:
     known = ", ".join(sorted(metrics)) or "none"
     raise InputError(f"run {run_id} has no metric {gate_metric!r} (nor its non-CRF form); run "
                      f"`refseg evaluate --run-id {run_id}` first. Metrics present: {known}")
+
+
+def gate_split_of(metric: str, run_tags: dict[str, str]) -> str:
+    """The split(s) a gate metric was measured on: the evaluation's ``refseg.gate_split`` tag for
+    a ``gate_*`` metric, the metric's prefix otherwise (``val_overall_iou_crf`` -> ``val``);
+    "" when unknown."""
+    if metric.startswith(GATE_PREFIX):
+        return run_tags.get(T_GATE_SPLIT, "")
+    for stem in _METRIC_STEMS:
+        if stem in metric:
+            return metric[: metric.index(stem)]
+    return ""
 
 
 def version_tags(run_id: str, gate: str, gate_value: float, margin: float, floor: float,
