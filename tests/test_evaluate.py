@@ -351,7 +351,7 @@ def test_report_renders_in_headless_chromium(evaluated, tmp_path):
     for split in ("val", "testA", "testB"):
         assert cells[f"synth-zh-{split}-iou"] == f"{100 * m[f'{split}_overall_iou']:.2f}"
         assert cells[f"synth-zh-{split}-crf"] == f"{100 * m[f'{split}_overall_iou_crf']:.2f}"
-    assert "gate_overall_iou_crf" in res.stdout and "testA+testB" in res.stdout
+    assert "<code>gate_overall_iou</code>" in res.stdout and "testA+testB" in res.stdout
     assert all(c and w > 100 and h > 50 for c, w, h in probe_out["imgs"]), probe_out
     shot = tmp_path / "shot.png"
     res = _chromium("--window-size=1200,900", f"--screenshot={shot}", html_path.as_uri(),
