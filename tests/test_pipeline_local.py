@@ -42,11 +42,29 @@ def test_local_pipeline_end_to_end(tmp_path):
         assert Path(r["per_sample"]).stat().st_size > 0
         assert 0.0 <= r["metrics"]["val_overall_iou"] <= 1.0
         assert "val_overall_iou_crf" in r["metrics"]
+        # every split evaluated; the gate pools the test splits, apart from the selection split
+        assert r["splits"] == ["val", "testA", "testB"] and r["select_split"] == "val"
+        assert r["gate_split"] == "testA+testB"
+        assert 0.0 <= r["metrics"]["gate_overall_iou_crf"] <= 1.0
+        assert r["registration"]["gate_metric"] == "gate_overall_iou_crf"
+        assert r["registration"]["gate_value"] == pytest.approx(
+            r["metrics"]["gate_overall_iou_crf"])
         # a champion is registered for each language (floor 0: the first version wins)
         assert r["registration"]["lang"] == lang and r["registration"]["champion"] is True
         assert r["versions"] == [1]
         assert r["champion"] == 1
     assert len(list(pipeline_root.rglob("model/checkpoints/best.pt"))) == 2
+    # the results table: one row per language, the splits as columns, in JSON and in HTML
+    table = res["results"]
+    assert table["splits"] == ["val", "testA", "testB"]
+    assert [(row["dataset"], row["lang"]) for row in table["rows"]] == [("synth", "en"),
+                                                                         ("synth", "zh")]
+    for row in table["rows"]:
+        m = res["languages"][row["lang"]]["metrics"]
+        assert row["splits"]["testB"]["overall_iou_crf"] == pytest.approx(
+            m["testB_overall_iou_crf"])
+    page = Path(res["results_table"]).read_text(encoding="utf-8")
+    assert 'id="synth-zh-testA-crf"' in page and 'id="synth-en-val-iou"' in page
     # the MLflow store lives under the run folder
     assert (root / "mlflow.db").exists()
     assert any((root / "mlartifacts").rglob("best.pt"))
