@@ -92,6 +92,8 @@ class RefDataset:
         if self.input_size < 1:
             raise ConfigError(f"input_size must be >= 1, got {input_size}")
         self.fit = fit or InputFit(self.input_size)
+        self.mirror = None  # a flip.MirrorTable: items drawn for a flip are mirrored (training)
+        self._width: dict[int, int] = {}  # image index -> its width inside the input
         if self.fit.size != self.input_size:
             raise ConfigError(f"input_size {self.input_size} differs from the fit's {self.fit.size}")
         self.cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "refseg-image-cache")
@@ -178,6 +180,7 @@ class RefDataset:
         iid, uri = self._keys[index]
         img = self._read_image(uri)
         h, w = img.shape[:2]
+        self._width[index] = self.fit.region(h, w)[1]
         x = self.fit.image(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0)
         masks = {}
         for r in self._members[index] if rows is None or self.memory_cache else rows:
@@ -206,8 +209,10 @@ class RefDataset:
     def __getitem__(self, key) -> dict[str, Any]:
         import torch
 
+        flip = False
         if isinstance(key, (tuple, list)):
             index, sel = int(key[0]), key[1]
+            flip = bool(key[2]) if len(key) > 2 else False
         else:
             index, sel = int(key), None
         if not 0 <= index < len(self):
@@ -216,15 +221,29 @@ class RefDataset:
         if sel is not None:
             members = members[np.asarray(sel, dtype=np.int64)]
         image, masks = self._resized(index, None if sel is None else members)
+        image = image.float()
+        tokens = self._tokens[members]
+        mask = torch.stack([masks[int(r)] for r in members])[:, None].float()
+        if flip and self.mirror is not None and self.mirror.flippable(tokens):
+            image, mask = self._flipped(index, image), self._flipped(index, mask)
+            tokens = self.mirror.mirror(tokens)
         return {
-            "image": image.float(),
-            "tokens": torch.from_numpy(self._tokens[members]),
+            "image": image,
+            "tokens": torch.from_numpy(tokens),
             "lengths": torch.from_numpy(self._lengths[members]),
-            "masks": torch.stack([masks[int(r)] for r in members])[:, None].float(),
+            "masks": mask,
             "sample_ids": [self._sample_ids[r] for r in members],
             "image_id": int(self._keys[index][0]),
             "index": index,
         }
+
+    def _flipped(self, index: int, t):
+        """``t`` [..., S, S] mirrored left-right within the image's region of the input (with
+        ``resize: pad`` the padding stays where it is)."""
+        w = self._width[index]
+        out = t.clone()
+        out[..., :w] = t[..., :w].flip(-1)
+        return out
 
     # ------------------------------------------------------------------------------------------
     def full_mask(self, sample_id: str) -> np.ndarray:
@@ -285,7 +304,7 @@ class GroupedSampler:
 
     def __init__(self, counts: Sequence[int], shuffle: bool = True, seed: int = 0,
                  max_expressions: int | None = None, num_replicas: int = 1, rank: int = 0,
-                 batch_size: int = 1, drop_last: bool = True):
+                 batch_size: int = 1, drop_last: bool = True, hflip: float = 0.0):
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"bad rank {rank} for {num_replicas} replicas")
         if max_expressions is not None and int(max_expressions) < 1:
@@ -300,6 +319,7 @@ class GroupedSampler:
         self.rank = int(rank)
         self.batch_size = int(batch_size)
         self.drop_last = bool(drop_last)
+        self.hflip = float(hflip)  # share of items drawn for a horizontal flip (flip.py)
         self.epoch = 0
         self.start = 0
 
@@ -316,7 +336,14 @@ class GroupedSampler:
 
         epoch = self.epoch if epoch is None else int(epoch)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return self._cut(self._ordered(g))
+        items = self._ordered(g)
+        if self.hflip > 0:  # (image, positions, flip); the order above is drawn as without flips
+            from components.data.flip import flip_draws
+
+            draws = flip_draws(len(items), self.hflip, self.seed, epoch)
+            items = [(it, None, f) if isinstance(it, int) else (it[0], it[1], f)
+                     for it, f in zip(items, draws, strict=True)]
+        return self._cut(items)
 
     def _ordered(self, g) -> list:
         """The epoch's items in order, drawn from the seeded generator ``g``."""
@@ -377,10 +404,10 @@ class PairSampler(GroupedSampler):
 
     def __init__(self, counts: Sequence[int], shuffle: bool = True, seed: int = 0,
                  num_replicas: int = 1, rank: int = 0, batch_size: int = 1,
-                 drop_last: bool = True):
+                 drop_last: bool = True, hflip: float = 0.0):
         super().__init__(counts, shuffle=shuffle, seed=seed, max_expressions=None,
                          num_replicas=num_replicas, rank=rank, batch_size=batch_size,
-                         drop_last=drop_last)
+                         drop_last=drop_last, hflip=hflip)
         self.pairs = [(i, (j,)) for i, k in enumerate(self.counts) for j in range(k)]
 
     def _ordered(self, g) -> list:

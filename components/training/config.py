@@ -34,6 +34,7 @@ class TrainConfig:
     # image-expression pair per item (the paper's)
     batch_size: int = 1  # batching: pair: pairs per process per step
     batch_images: int = 1  # batching: image: images per process per step (with their expressions)
+    hflip: float = 0.0  # share of training items flipped left-right, left/right words swapped
     max_expressions_per_image: int | None = None  # batching: image: None = all, else chunks
     num_workers: int = 4  # DataLoader worker processes (0 = in the main process)
     memory_cache: bool = True  # keep decoded, resized images in memory (per worker)
@@ -70,6 +71,7 @@ class TrainConfig:
         need(int(self.val_every) >= 1, "val_every must be >= 1")
         need(int(self.resume_every) >= 1, "resume_every must be >= 1")
         need(int(self.log_every) >= 1, "log_every must be >= 1")
+        need(0.0 <= float(self.hflip) <= 1.0, f"hflip must lie in [0, 1], got {self.hflip}")
         need(float(self.grad_clip) >= 0, "grad_clip must be >= 0 (0 = off)")
         need(0 <= float(self.lr_end_factor) <= 1, "lr_end_factor must lie in [0, 1]")
         need(len(self.adam_betas) == 2, "adam_betas must be two numbers")

@@ -208,12 +208,19 @@ class Trainer:
         counts, world, rank = self.train_ds.expression_counts(), self.dist.world, self.dist.rank
         if cfg.batching == "pair":
             self.sampler = PairSampler(counts, shuffle=True, seed=self.seed, num_replicas=world,
-                                       rank=rank, batch_size=cfg.per_step, drop_last=True)
+                                       rank=rank, batch_size=cfg.per_step, drop_last=True,
+                                       hflip=cfg.hflip)
         else:
             self.sampler = GroupedSampler(
                 counts, shuffle=True, seed=self.seed,
                 max_expressions=cfg.max_expressions_per_image, num_replicas=world, rank=rank,
-                batch_size=cfg.per_step, drop_last=True)
+                batch_size=cfg.per_step, drop_last=True, hflip=cfg.hflip)
+        if cfg.hflip > 0:
+            from components.data.flip import MirrorTable
+
+            self.train_ds.mirror = MirrorTable(self.data.read_vocab(self.lang), self.lang)
+            self.log.info("horizontal flip on %.0f%% of the items; %d left/right words swapped",
+                          100 * cfg.hflip, len(self.train_ds.mirror.swapped))
         self.per_epoch = self.sampler.batches_per_epoch()
 
     def _select_dataset(self) -> RefDataset | None:
