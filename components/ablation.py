@@ -133,8 +133,9 @@ def finish(items: list[dict[str, Any]], evaluations: list[dict[str, Any]], split
     first = evaluations[0] if evaluations else {}
     detail = first.get("gate_split") if split == GATE else split
     parent = items[0]["parent_run_id"] if items else None
-    info = {"lang": first.get("lang"), "preset": items[0]["config"].split(":")[0] if items else
-            None, "split_detail": detail, "select_split": first.get("select_split"),
+    info = {"lang": first.get("lang"),
+            "preset": items[0]["config"].rsplit(":", 1)[0] if items else None,
+            "split_detail": detail, "select_split": first.get("select_split"),
             "parent_run_id": parent, **(meta or {})}
     doc = ablation_table(items, evaluations, split=split, crf=crf, modules=modules, meta=info)
     os.makedirs(out_dir, exist_ok=True)

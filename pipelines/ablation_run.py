@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from pathlib import Path
 
 from components.errors import InputError
@@ -24,7 +25,8 @@ def run_ablation(manifest_uri: str, *, root: str = "runs/ablation", lang: str = 
                  split: str = "gate", crf: bool = True, max_fail_rate: float = 0.05,
                  verbose: bool = False) -> dict:
     """Run the ablation DAG locally; returns the table (also ``ROOT/ablation.json``) with
-    ``table``/``table_json`` (artifact paths), ``seconds``, ``tracking_uri``, ``log``."""
+    ``table`` (``ROOT/ablation.html``), ``table_artifact`` and ``table_json`` (the pipeline's
+    artifacts), ``seconds``, ``tracking_uri``, ``log``."""
     from components.ablation import plan
     from pipelines.local_run import _uri_path, init_local, run_locally
 
@@ -43,7 +45,12 @@ def run_ablation(manifest_uri: str, *, root: str = "runs/ablation", lang: str = 
 
     output, info = run_locally(path, verbose, min(LOCAL_PARALLEL, len(items)), dag)
     doc = json.loads(output)
-    doc.update(info, table=_uri_path(doc.get("table")), table_json=_uri_path(doc.get("table_json")))
+    # the HTML artifact has no file extension (KFP names it after the output): a browser
+    # opens ROOT/ablation.html
+    page = path / "ablation.html"
+    shutil.copyfile(_uri_path(doc["table"]), page)
+    doc.update(info, table=str(page), table_artifact=_uri_path(doc.get("table")),
+               table_json=_uri_path(doc.get("table_json")))
     (path / "ablation.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
     return doc
 

@@ -65,7 +65,7 @@ def _evaluation(config: str, seed: int, iou: float) -> dict:
             "train": {"config": config, "seed": seed, "run_id": f"r-{config}-{seed}"}}
 
 
-def test_table_mean_and_spread_over_seeds():
+def test_table_mean_and_spread_over_seeds(capsys):
     from components.evaluation.ablation_page import page_html
     from components.evaluation.ablation_table import ablation_table, parent_metrics, row_modules
 
@@ -98,6 +98,12 @@ def test_table_mean_and_spread_over_seeds():
     page = page_html(doc)
     assert page.count('class="bar"') == 4
     assert re.search(r'id="row10_full-overall_iou"[^>]*>65.00 <span class="sd">±5.00', page)
+    from pipelines.ablation_run import print_table
+
+    print_table(doc)
+    lines = capsys.readouterr().out.splitlines()
+    full_line = next(line for line in lines if "row10_full" in line)
+    assert "65.00±5.0" in full_line and "75.00±5.0" in full_line and full_line.count("✓") == 5
     with pytest.raises(InputError, match="row10_full seed 3: no evaluation"):
         ablation_table([*items, {"row": "row10_full", "config": "small3:row10_full",
                                  "seed": 3}], evs, split="gate", crf=True, modules=modules)
@@ -216,6 +222,8 @@ def test_every_row_through_kfp_local(tmp_path):
     assert doc["select_split"] == "val" and doc["crf"] is False and doc["steps"] == 2
     stored = json.loads(open(doc["table_json"], encoding="utf-8").read())
     assert stored["rows"] == doc["rows"]
+    assert open(doc["table"], encoding="utf-8").read() == open(doc["table_artifact"],
+                                                               encoding="utf-8").read()
     for row in doc["rows"]:
         assert row["config"] == f"{cfg}:{row['row']}" and row["n_seeds"] == 1
         assert set(row["metrics"]) == {"overall_iou", "prec_50", "prec_60", "prec_70",

@@ -8,6 +8,7 @@ No script and no external file. Cells carry ids ``<row>-<metric>`` (``row4_le_la
 from __future__ import annotations
 
 import html
+import os
 from typing import Any
 
 from components.evaluation.ablation_table import METRICS
@@ -95,7 +96,8 @@ def bar_chart_svg(doc: dict[str, Any], width: int = 720) -> str:
 def page_html(doc: dict[str, Any]) -> str:
     """The whole page: title, what was run, the table, the chart."""
     seeds = sorted({s for r in doc["rows"] for s in r["seeds"]})
-    title = f"Table 4 ablation ({doc.get('lang', '?')}, {doc.get('preset', '?')})"
+    preset = os.path.basename(str(doc.get("preset", "?")))  # a YAML file: its name
+    title = f"Table 4 ablation ({doc.get('lang', '?')}, {preset})"
     note = (f"<p class=muted>{html.escape(str(doc.get('split')))} split"
             f" ({html.escape(str(doc.get('split_detail') or doc.get('split')))}); best.pt "
             f"selected on {html.escape(str(doc.get('select_split')))}; "
