@@ -199,8 +199,12 @@ def _check_mlflow(doc, n_children):
     parent = client.get_run(doc["parent_run_id"])
     assert parent.info.run_name == "ablation-en" and parent.info.status == "FINISHED"
     assert parent.data.tags["refseg.step"] == "ablation"
-    assert parent.data.metrics["row1_overall_iou"] == pytest.approx(
-        doc["rows"][0]["metrics"]["overall_iou"]["mean"])
+    first = doc["rows"][0]
+    assert parent.data.metrics[f"row{first['number']}_overall_iou"] == pytest.approx(
+        first["metrics"]["overall_iou"]["mean"])
+    if first["n_seeds"] > 1:
+        assert parent.data.metrics[f"row{first['number']}_overall_iou_std"] == pytest.approx(
+            first["metrics"]["overall_iou"]["std"])
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "ablation")}
     assert arts == {"ablation/ablation.json", "ablation/ablation.html"}
     children = client.search_runs(
