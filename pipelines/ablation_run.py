@@ -115,13 +115,13 @@ def run(args) -> int:
 
     plan(args.preset, args.rows, args.seeds, args.split)  # refuse a bad plan before any work
     root = os.path.abspath(args.root)
-    manifest = args.manifest
-    if not manifest:
+    manifest, step = args.manifest, ""
+    if not manifest:  # the synthetic set, as `refseg run-local` makes it ([1/3], [2/3])
         from pipelines.run_local import _dataset
 
         os.makedirs(root, exist_ok=True)
-        manifest = _dataset(root, args.images, 0)["manifest"]
-    print(f"ablation pipeline through kfp.local (log: {root}/pipeline.log)", flush=True)
+        manifest, step = _dataset(root, args.images, 0)["manifest"], "[3/3] "
+    print(f"{step}ablation pipeline through kfp.local (log: {root}/pipeline.log)", flush=True)
     doc = run_ablation(manifest, root=root, lang=args.lang, preset=args.preset, rows=args.rows,
                        steps=args.steps, seeds=args.seeds, split=args.split,
                        crf=not args.no_crf, max_fail_rate=args.max_fail_rate,
