@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install bench clean
+.PHONY: run ablation test lint install bench clean
 
 # Create the virtual environment and install the project (torch first: pip takes it from disk).
 # setuptools warns on every editable install that a folder named like a package could shadow it
@@ -19,6 +19,14 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/refseg run-local
+
+# Table 4 as one pipeline run: every ablation row on small3 for one language, e.g.
+# make ablation ABLATION_LANG=zh STEPS=300 SEEDS=0,1,2 (0 steps = the preset's own number).
+ABLATION_LANG ?= en
+STEPS ?= 0
+SEEDS ?= 0
+ablation: $(STAMP)
+	$(BIN)/refseg ablation --lang $(ABLATION_LANG) --steps $(STEPS) --seeds $(SEEDS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

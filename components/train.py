@@ -56,6 +56,7 @@ class TrainOptions:
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
     val_every: int | None = None  # None: the config's
     deterministic: bool = False  # deterministic algorithms (bit-identical reruns on CPU)
+    parent_run_id: str | None = None  # MLflow parent run (tag mlflow.parentRunId); None: none
 
     def check(self) -> None:
         from components.data import storage
@@ -91,7 +92,7 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
         trainer = Trainer(TokenizedData(str(opts.data)), opts.lang, model_cfg, train_cfg,
                           out=Path(opts.out), seed=opts.seed, config=str(opts.config),
                           explicit=explicit, tracking_uri=opts.tracking_uri, dist=dist,
-                          device=device, t_start=t_start)
+                          device=device, t_start=t_start, parent_run_id=opts.parent_run_id)
         trainer.build()
         trainer.resume()
         trainer.start_tracking()
@@ -127,6 +128,7 @@ def train(
     quiet: bool = False,
     val_every: int | None = None,
     deterministic: bool = False,
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
     """:func:`run_training` with keyword arguments (the pipeline's train step and the tests).
     ``quiet`` is accepted for old callers and does nothing: the log level decides what shows."""
@@ -134,7 +136,7 @@ def train(
     return run_training(TrainOptions(
         data=str(data_dir), lang=lang, out=str(out_dir or ""), config=str(config), steps=steps,
         seed=seed, overrides=dict(overrides or {}), tracking_uri=tracking_uri,
-        val_every=val_every, deterministic=deterministic))
+        val_every=val_every, deterministic=deterministic, parent_run_id=parent_run_id))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,6 +180,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="deterministic algorithms (bit-identical reruns on CPU)")
     p.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI or "
                    "sqlite:///<cwd>/mlflow.db")
+    p.add_argument("--parent-run-id", default=None, help="MLflow run to nest this run under "
+                   "(tag mlflow.parentRunId; the ablation pipeline's parent run)")
 
 
 def run(args) -> int:
@@ -187,7 +191,7 @@ def run(args) -> int:
     opts = TrainOptions(data=args.data, lang=args.lang, out=args.out, config=args.config,
                         steps=args.steps, seed=args.seed, overrides=parse_sets(args.set),
                         tracking_uri=args.tracking_uri, val_every=args.val_every,
-                        deterministic=args.deterministic)
+                        deterministic=args.deterministic, parent_run_id=args.parent_run_id)
     try:
         s = run_training(opts)
     except NonFiniteLossError as exc:

@@ -10,7 +10,8 @@ config's sections and overrides them key by key. Shipped here::
     ablation/<row>.yaml   Table 4's rows (row1_baseline ... row10_full), each on ``base: paper``
 
 A config is named by a shipped name (``small``, ``ablation/row10_full``), by ``<preset>:<row>``
-(an ablation row on another preset, e.g. ``small:row1_baseline``) or by the path of a YAML file.
+(an ablation row on another preset, e.g. ``small:row1_baseline``), by the path of a YAML file, or
+by ``<file.yaml>:<row>`` (a row on the user's file, named ``<file stem>:<row>``).
 A user's file may also list fields at the top level, without sections; they go to ``train`` when
 the caller names them in ``train_keys`` and to ``model`` otherwise.
 
@@ -46,6 +47,24 @@ def ablation_names() -> list[str]:
 def is_named(config: str) -> bool:
     """Whether ``config`` names a shipped config (rather than a YAML file of the user's)."""
     return _named(str(config)) is not None
+
+
+def user_file(config: str) -> str | None:
+    """The user's YAML file a config names (the file, or the file of ``<file.yaml>:<row>``);
+    None for a shipped config."""
+    config = str(config)
+    if is_named(config):
+        return None
+    on_file = _row_on_file(config)
+    return on_file[0] if on_file else config
+
+
+def _row_on_file(config: str) -> tuple[str, str] | None:
+    """(file, row) for ``<file.yaml>:<row>`` when the file exists and the row is known."""
+    path, sep, row = config.rpartition(":")
+    if sep and row in ablation_names() and os.path.isfile(path):
+        return path, row
+    return None
 
 
 def read(config: str, train_keys: Collection[str] = ()) -> dict[str, dict[str, Any]]:
@@ -114,6 +133,13 @@ def _read(config: str, train_keys: Collection[str], seen: tuple[str, ...]):
         out = _read(preset, train_keys, seen)
         _merge(out, own)
         out["model"]["name"] = f"{preset}:{row}"
+        return out
+    on_file = _row_on_file(config)
+    if on_file is not None:
+        path, row = on_file
+        out = _read(path, train_keys, seen)
+        _merge(out, read_file(str(HERE / ABLATION / f"{row}.yaml"), train_keys))
+        out["model"]["name"] = f"{Path(path).stem}:{row}"
         return out
     if os.path.isfile(config):
         return _resolve(read_file(config, train_keys), train_keys, seen,

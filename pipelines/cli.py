@@ -27,6 +27,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("pipeline", "submit"), "pipelines.submit", "submit one run to a Kubeflow Pipelines server"),
     (("pipeline", "schedule"), "pipelines.schedule", "create a recurring (cron) run on a KFP server"),
     (("run-local",), "pipelines.run_local", "what `make run` does: the embedded default, end to end"),
+    (("ablation",), "pipelines.ablation_run", "Table 4 as one pipeline run (kfp.local): every ablation row, the table"),
 ]
 
 

@@ -52,22 +52,25 @@ def make_client(host: str, token: str | None = None, namespace: str = "kubeflow"
         return kfp.Client(host=host, existing_token=token, cookies=cookies, namespace=namespace)
 
 
-def _package(pipeline_file: str | None, image: str | None) -> str:
+def _package(pipeline_file: str | None, image: str | None, pipeline: str = "main") -> str:
     if pipeline_file:
         return pipeline_file
     from pipelines.compile import compile_pipeline
 
     path = os.path.join(tempfile.mkdtemp(prefix="refseg-kfp-"), "pipeline.yaml")
-    return compile_pipeline(path, image)
+    return compile_pipeline(path, image, pipeline)
 
 
 def submit(host: str, params: dict, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
            pipeline_file: str | None = None, image: str | None = None, token: str | None = None,
-           namespace: str = "kubeflow", service_account: str | None = None) -> dict:
+           namespace: str = "kubeflow", service_account: str | None = None,
+           pipeline: str = "main") -> dict:
     client = make_client(host, token, namespace)
-    package = _package(pipeline_file, image)
+    package = _package(pipeline_file, image, pipeline)
     result = client.create_run_from_pipeline_package(
-        package, arguments=params, run_name=run_name or "bilingual-refseg",
+        package, arguments=params,
+        run_name=run_name or ("bilingual-refseg" if pipeline == "main" else
+                              f"bilingual-refseg-{pipeline}"),
         experiment_name=experiment, namespace=namespace, service_account=service_account,
     )
     return {"run_id": result.run_id, "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}"}
@@ -76,10 +79,11 @@ def submit(host: str, params: dict, experiment: str = DEFAULT_EXPERIMENT, run_na
 def schedule(host: str, cron: str, params: dict, experiment: str = DEFAULT_EXPERIMENT,
              name: str = "bilingual-refseg-retrain", pipeline_file: str | None = None,
              image: str | None = None, token: str | None = None, namespace: str = "kubeflow",
-             max_concurrency: int = 1, service_account: str | None = None) -> dict:
+             max_concurrency: int = 1, service_account: str | None = None,
+             pipeline: str = "main") -> dict:
     kfp_cron = cron_to_kfp(cron)  # validate before talking to the server
     client = make_client(host, token, namespace)
-    package = _package(pipeline_file, image)
+    package = _package(pipeline_file, image, pipeline)
     exp = client.create_experiment(experiment, namespace=namespace)
     rr = client.create_recurring_run(
         experiment_id=exp.experiment_id, job_name=name, cron_expression=kfp_cron,
@@ -99,3 +103,6 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", default=None, help="bearer token (default: $KF_PIPELINES_TOKEN)")
     p.add_argument("--namespace", default="kubeflow", help="KFP namespace (multi-user mode)")
     p.add_argument("--service-account", default=None, help="Kubernetes service account of the run")
+    from pipelines.compile import add_pipeline_choice
+
+    add_pipeline_choice(p)

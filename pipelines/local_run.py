@@ -28,7 +28,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # kfp.local's task lines, every step's progress lines ("[train zh] ..."), and errors
 _SHOW = re.compile(
     r"Executing task|finished with status|Pipeline .* finished|"
-    r"^\s*\[(check[- ]translations|tokenize|train|evaluate|register|results)\b[^\]]*\]|"
+    r"^\s*\[(check[- ]translations|tokenize|train|evaluate|register|results|ablation)\b[^\]]*\]|"
     r"Error|Traceback"
 )
 LANGS = ("zh", "en")
@@ -230,14 +230,19 @@ class _ThreadShare:
         return False
 
 
-def _run_dag(opts: PipelineOptions, root: Path, tracking_uri: str) -> str:
-    """Run the DAG under kfp.local; returns its output (the results step's JSON)."""
+def init_local(root: Path) -> None:
+    """kfp.local in this environment (SubprocessRunner, no venv), artifacts under ROOT."""
     from kfp import local
-
-    from pipelines.pipeline import refseg_pipeline
 
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=str(root / "pipeline"), workspace_root=str(root / "workspace"))
+
+
+def _run_dag(opts: PipelineOptions, root: Path, tracking_uri: str) -> str:
+    """Run the DAG under kfp.local; returns its output (the results step's JSON)."""
+    from pipelines.pipeline import refseg_pipeline
+
+    init_local(root)
     task = refseg_pipeline(
         manifest_uri=opts.manifest_uri, languages=list(opts.languages), config=opts.config,
         steps=opts.steps, crf=opts.crf, splits=opts.splits, gate_split=opts.gate_split,
@@ -247,27 +252,36 @@ def _run_dag(opts: PipelineOptions, root: Path, tracking_uri: str) -> str:
     return task.output
 
 
-def run_pipeline(manifest_uri: str, **options) -> dict:
-    """Run the whole DAG locally (options: the fields of :class:`PipelineOptions`); returns the
-    results (also written to ``ROOT/results.json``). A failed task raises
-    :class:`PipelineFailedError` naming it and the log file."""
-    opts = PipelineOptions(manifest_uri=manifest_uri, **options)
-    root = Path(opts.root).resolve()
+def run_locally(root: Path, verbose: bool, parallel_tasks: int, dag) -> tuple[str, dict]:
+    """Run ``dag(tracking_uri) -> output`` under kfp.local with everything under ``root`` (the
+    MLflow store, the log), the cores shared by ``parallel_tasks``. Returns (the DAG's output,
+    {seconds, tracking_uri, log, root}). A failed task raises :class:`PipelineFailedError`."""
     (root / "pipeline").mkdir(parents=True, exist_ok=True)
     tracking_uri = mlflow_uri_for(str(root))
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     ensure_experiment(tracking_uri, str(root / "mlartifacts"))
     log_path = root / "pipeline.log"
     t0 = time.time()
-    with _ThreadShare(len(opts.languages)), _Tee(str(log_path), opts.verbose):
+    with _ThreadShare(parallel_tasks), _Tee(str(log_path), verbose):
         try:
-            output = _run_dag(opts, root, tracking_uri)
+            output = dag(tracking_uri)
         except RuntimeError as exc:  # kfp.local names the task that failed
             raise PipelineFailedError(f"pipeline failed after {time.time() - t0:.0f} s: {exc} "
                                       f"(full log with the task's traceback: {log_path})") from exc
-    res = collect_results(output, tracking_uri)
-    res.update({"seconds": round(time.time() - t0, 1), "tracking_uri": tracking_uri,
-                "log": str(log_path), "root": str(root)})
+    return output, {"seconds": round(time.time() - t0, 1), "tracking_uri": tracking_uri,
+                    "log": str(log_path), "root": str(root)}
+
+
+def run_pipeline(manifest_uri: str, **options) -> dict:
+    """Run the whole DAG locally (options: the fields of :class:`PipelineOptions`); returns the
+    results (also written to ``ROOT/results.json``). A failed task raises
+    :class:`PipelineFailedError` naming it and the log file."""
+    opts = PipelineOptions(manifest_uri=manifest_uri, **options)
+    root = Path(opts.root).resolve()
+    output, info = run_locally(root, opts.verbose, len(opts.languages),
+                               lambda uri: _run_dag(opts, root, uri))
+    res = collect_results(output, info["tracking_uri"])
+    res.update(info)
     (root / "results.json").write_text(json.dumps(res, indent=2))
     return res
 

@@ -17,6 +17,6 @@ def run(args) -> int:
     r = schedule(args.host, args.cron, parse_params(args.param), experiment=args.experiment,
                  name=args.name, pipeline_file=args.pipeline_file, image=args.image,
                  token=args.token, namespace=args.namespace, max_concurrency=args.max_concurrency,
-                 service_account=args.service_account)
+                 service_account=args.service_account, pipeline=args.pipeline)
     print(f"created recurring run {r['recurring_run_id']} with KFP cron {r['cron']!r}")
     return 0

@@ -92,11 +92,13 @@ def train_op(
     seed: int,
     tracking_uri: str,
     model: Output[Model],
+    parent_run_id: str = "",
 ) -> str:
     """Train one language's model.
 
     Inputs: data (tokenize folder), lang, config (preset name or YAML), steps (0 = the config's),
-    seed, tracking_uri (MLflow; empty = the environment's).
+    seed, tracking_uri (MLflow; empty = the environment's), parent_run_id (an MLflow run to nest
+    the training run under, tag ``mlflow.parentRunId``; empty = none).
     Outputs: model (checkpoints, tokenizer, summary); returns the MLflow run id."""
     import os
 
@@ -107,7 +109,7 @@ def train_op(
 
     logs.configure()
     summary = train(data.path, lang, config=config, out_dir=model.path,
-                    steps=steps or None, seed=seed)
+                    steps=steps or None, seed=seed, parent_run_id=parent_run_id or None)
     model.metadata["run_id"] = summary["run_id"]
     model.metadata["lang"] = lang
     model.metadata["best_val_overall_iou"] = summary.get("best_val_overall_iou")
@@ -134,8 +136,8 @@ def evaluate_op(
     every split but train), gate_split (splits joined with '+'; empty = every evaluated split but
     the selection split), crf, run_id (the training run the metrics are logged to), tracking_uri.
     Outputs: metrics, report (HTML), per_sample (Parquet); returns a JSON summary (lang, splits,
-    gate_split, select_split, metrics, the results-table row, report and per_sample URIs) for
-    the pipeline's results step."""
+    gate_split, select_split, metrics, the results-table row, report and per_sample URIs, and
+    train: the training run's config, seed and run id) for the pipeline's results step."""
     import json
     import math
     import os
@@ -150,6 +152,8 @@ def evaluate_op(
     logs.configure()
     from components.training.layout import TrainOutput
 
+    with open(TrainOutput(model.path).summary, encoding="utf-8") as fh:
+        trained = json.load(fh)
     out = tempfile.mkdtemp(prefix="eval-")
     result = evaluate(str(TrainOutput(model.path).best), data.path, splits=splits or None,
                       gate_split=gate_split or None, crf=crf, out_dir=out, run_id=run_id)
@@ -162,7 +166,9 @@ def evaluate_op(
     return json.dumps({"lang": lang, "splits": result["splits"],
                        "gate_split": result["gate_split"], "select_split": result["select_split"],
                        "metrics": finite, "results": result["results"], "report": report.uri,
-                       "per_sample": per_sample.uri})
+                       "per_sample": per_sample.uri,
+                       "train": {"config": trained.get("config"), "seed": trained.get("seed"),
+                                 "run_id": run_id}})
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -250,3 +256,68 @@ def results_op(
         json.dump(table, fh, indent=2, ensure_ascii=False)
     return json.dumps({"check": check, "languages": languages, "results": table,
                        "results_table": results_table.uri}, sort_keys=True)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def ablation_start_op(
+    lang: str,
+    preset: str,
+    rows: str,
+    seeds: str,
+    split: str,
+    steps: int,
+    crf: bool,
+    tracking_uri: str,
+    pipeline_run: str,
+) -> list:
+    """Check the ablation's plan and create its MLflow parent run (``ablation-<lang>``).
+
+    Inputs: lang, preset (the rows are applied on it), rows (comma-separated; empty = every row),
+    seeds (comma-separated), split (reported split), steps, crf, tracking_uri, pipeline_run.
+    Returns the (row, seed) items: [{"row", "config", "seed", "parent_run_id"}], row order."""
+    import os
+
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    from components import logs
+    from components.ablation import start
+
+    logs.configure()
+    return start(lang, preset, rows=rows, seeds=seeds, split=split, steps=steps, crf=crf,
+                 tracking_uri=tracking_uri, pipeline_run=pipeline_run)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def ablation_table_op(
+    items: list,
+    evaluations: list,
+    split: str,
+    crf: bool,
+    steps: int,
+    tracking_uri: str,
+    table: Output[HTML],
+    table_json: Output[Artifact],
+) -> str:
+    """Table 4: every row's evaluation on ``split``, mean and spread over the seeds.
+
+    Inputs: items (the start step's plan), evaluations (every evaluate step's JSON, collected),
+    split, crf, steps, tracking_uri. Outputs: table (HTML page with the bar chart), table_json.
+    Logs both and the table's metrics to the parent run and ends it. Returns the table JSON
+    with ``table`` and ``table_json`` (their URIs) added."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    from components import logs
+    from components.ablation import TABLE_HTML, TABLE_JSON, finish
+
+    logs.configure()
+    out = tempfile.mkdtemp(prefix="ablation-")
+    doc = finish(items, [json.loads(e) for e in evaluations], split, crf, out,
+                 tracking_uri=tracking_uri or None, meta={"steps": steps})
+    shutil.copyfile(os.path.join(out, TABLE_HTML), table.path)
+    shutil.copyfile(os.path.join(out, TABLE_JSON), table_json.path)
+    return json.dumps({**doc, "table": table.uri, "table_json": table_json.uri})

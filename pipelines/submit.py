@@ -13,6 +13,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     r = submit(args.host, parse_params(args.param), experiment=args.experiment,
                run_name=args.run_name, pipeline_file=args.pipeline_file, image=args.image,
-               token=args.token, namespace=args.namespace, service_account=args.service_account)
+               token=args.token, namespace=args.namespace, service_account=args.service_account,
+               pipeline=args.pipeline)
     print(f"submitted run {r['run_id']}: {r['url']}")
     return 0

@@ -143,8 +143,9 @@ def load_run_config(config: str, overrides: dict[str, Any] | None = None, seed: 
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     config = str(config)
     sections = configs.read(config, train_keys=TRAIN_FIELDS)
-    own = set() if configs.is_named(config) else set(
-        configs.read_file(config, train_keys=TRAIN_FIELDS)["model"])
+    user_file = configs.user_file(config)
+    own = set() if user_file is None else set(
+        configs.read_file(user_file, train_keys=TRAIN_FIELDS)["model"])
     model_over: dict[str, Any] = {}
     train_over: dict[str, Any] = _unalias(sections["train"], config)
     for section, what, known in (("model", "ModelConfig", model_fields),

@@ -14,6 +14,8 @@ from typing import Any
 from components import provenance
 from components.provenance import EXPERIMENT
 
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow nests a run under the run this tag names
+
 
 def flatten(prefix: str, d: dict[str, Any]) -> dict[str, str]:
     """``{"lr": 0.1}`` -> ``{"train.lr": "0.1"}`` (lists and dicts as JSON): MLflow params."""

@@ -53,7 +53,7 @@ from components.training.layout import (
 )
 from components.training.schedule import optimizer_and_schedule
 from components.training.state import load_resume, rng_state, save_resume, saved_step, set_rng_state
-from components.training.tracking import Tracker, flatten
+from components.training.tracking import PARENT_RUN_TAG, Tracker, flatten
 from components.training.validation import Validation, validate
 from model import (
     ModelConfig,
@@ -112,12 +112,13 @@ class Trainer:
     def __init__(self, data: TokenizedData, lang: str, model_cfg: ModelConfig,
                  train_cfg: TrainConfig, *, out: Path, seed: int, config: str,
                  explicit: set[str], tracking_uri: str | None, dist: Dist, device,
-                 t_start: float | None = None):
+                 t_start: float | None = None, parent_run_id: str | None = None):
         self.data, self.lang, self.model_cfg, self.train_cfg = data, lang, model_cfg, train_cfg
         self.out, self.seed, self.config, self.explicit = Path(out), int(seed), str(config), explicit
         self.layout = TrainOutput(self.out)
         self.dist, self.device = dist, device
         self.tracker = Tracker(dist.main, tracking_uri)
+        self.parent_run_id = parent_run_id or None  # an MLflow parent run (the ablation's)
         self.log = logs.get_logger("train", lang)
         self.resume_path = self.layout.resume
         self.total = int(train_cfg.steps)
@@ -309,7 +310,7 @@ class Trainer:
     # ---- tracking ------------------------------------------------------------------------------
     def start_tracking(self) -> None:
         """Rank 0: OUT/tokenizer/, the MLflow run (the same one when resuming), run_id.txt,
-        params (once) and tags."""
+        params (once) and tags (``mlflow.parentRunId`` when the run has a parent)."""
         resumed = self.run_id is not None
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -325,6 +326,8 @@ class Trainer:
                                "lang": self.lang, "world_size": str(self.dist.world),
                                "torch": torch.__version__, "refseg.step": "train",
                                "data_fingerprint": self.fingerprint})
+            if self.parent_run_id:
+                self.tracker.tags({PARENT_RUN_TAG: self.parent_run_id})
         self.run_id = self.dist.broadcast_object(self.run_id)
 
     def _params(self) -> dict[str, str]:
