@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import statistics
 
 import pytest
 import yaml
@@ -259,16 +258,3 @@ def _render(doc, tmp_path):
         2 if doc["crf"] else 1)
     assert dom.count("✓") == sum(sum(bool(v) for k, v in r["modules"].items() if k != "levels")
                                  for r in doc["rows"])
-
-
-@pytest.mark.slow
-def test_one_row_two_seeds_spread(tmp_path):
-    """Seeds: the same row twice, its mean and spread (the full-row run above uses one seed)."""
-    doc, _ = _run(tmp_path, rows="10", seeds="0,1")
-    assert [r["row"] for r in doc["rows"]] == ["row10_full"]
-    for row in doc["rows"]:
-        s = row["metrics"]["overall_iou"]
-        assert row["n_seeds"] == 2 and row["seeds"] == [0, 1] and s["n"] == 2
-        assert s["std"] == pytest.approx(statistics.stdev(s["values"]))
-        assert s["min"] <= s["mean"] <= s["max"]
-    _check_mlflow(doc, 2)
