@@ -14,6 +14,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+# A tiny preset for kfp.local runs (the pipeline and ablation tests): the small net, narrower.
+TINY = """\
+base: small
+input_size: 64
+backbone_widths: [8, 16, 16, 32]
+c_v: 32
+c_l: 32
+c_m: 32
+convlstm_hidden: 16
+"""
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """Start moto's S3 server on 127.0.0.1 and point boto3 at it through the environment."""

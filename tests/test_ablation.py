@@ -11,16 +11,7 @@ import pytest
 import yaml
 
 from components.errors import ConfigError, InputError
-
-TINY = """\
-base: small
-input_size: 64
-backbone_widths: [8, 16, 16, 32]
-c_v: 32
-c_l: 32
-c_m: 32
-convlstm_hidden: 16
-"""
+from tests.conftest import TINY
 
 
 def test_plan_rows_seeds_and_the_reported_split():

@@ -6,15 +6,7 @@ from pathlib import Path
 
 import pytest
 
-TINY = """\
-base: small
-input_size: 64
-backbone_widths: [8, 16, 16, 32]
-c_v: 32
-c_l: 32
-c_m: 32
-convlstm_hidden: 16
-"""
+from tests.conftest import TINY
 
 
 @pytest.mark.slow
