@@ -412,7 +412,7 @@ def test_checkpoint_roundtrip_and_hostile_files(tmp_path):
 
     class Evil:
         def __reduce__(self):
-            return (print, ("pwned",))
+            return (eval, ("'pwned'",))  # not print: kfp.local swaps builtins.print in-process
 
     hostile = tmp_path / "hostile.pt"
     with open(hostile, "wb") as fh:
