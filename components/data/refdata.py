@@ -93,7 +93,9 @@ class RefDataset:
             raise ConfigError(f"input_size must be >= 1, got {input_size}")
         self.fit = fit or InputFit(self.input_size)
         self.mirror = None  # a flip.MirrorTable: items drawn for a flip are mirrored (training)
+        self.vmirror = None  # the same for vertical flips (axis "vertical")
         self._width: dict[int, int] = {}  # image index -> its width inside the input
+        self._height: dict[int, int] = {}  # image index -> its height inside the input
         if self.fit.size != self.input_size:
             raise ConfigError(f"input_size {self.input_size} differs from the fit's {self.fit.size}")
         self.cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "refseg-image-cache")
@@ -180,7 +182,7 @@ class RefDataset:
         iid, uri = self._keys[index]
         img = self._read_image(uri)
         h, w = img.shape[:2]
-        self._width[index] = self.fit.region(h, w)[1]
+        self._height[index], self._width[index] = self.fit.region(h, w)
         x = self.fit.image(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0)
         masks = {}
         for r in self._members[index] if rows is None or self.memory_cache else rows:
@@ -209,10 +211,11 @@ class RefDataset:
     def __getitem__(self, key) -> dict[str, Any]:
         import torch
 
-        flip = False
-        if isinstance(key, (tuple, list)):
+        flip, zoom = 0, None
+        if isinstance(key, (tuple, list)):  # (image, positions[, flip code[, zoom]]): augment.py
             index, sel = int(key[0]), key[1]
-            flip = bool(key[2]) if len(key) > 2 else False
+            flip = int(key[2]) if len(key) > 2 else 0
+            zoom = key[3] if len(key) > 3 else None
         else:
             index, sel = int(key), None
         if not 0 <= index < len(self):
@@ -224,9 +227,8 @@ class RefDataset:
         image = image.float()
         tokens = self._tokens[members]
         mask = torch.stack([masks[int(r)] for r in members])[:, None].float()
-        if flip and self.mirror is not None and self.mirror.flippable(tokens):
-            image, mask = self._flipped(index, image), self._flipped(index, mask)
-            tokens = self.mirror.mirror(tokens)
+        if flip or zoom is not None:
+            image, mask, tokens = self._augmented(index, image, mask, tokens, flip, zoom)
         return {
             "image": image,
             "tokens": torch.from_numpy(tokens),
@@ -237,12 +239,35 @@ class RefDataset:
             "index": index,
         }
 
-    def _flipped(self, index: int, t):
-        """``t`` [..., S, S] mirrored left-right within the image's region of the input (with
-        ``resize: pad`` the padding stays where it is)."""
-        w = self._width[index]
+    def _augmented(self, index: int, image, mask, tokens, flip: int, zoom):
+        """The item's flips (bits of ``flip``; an expression without a mirror blocks its axis)
+        and zoom-out (components/data/augment.py)."""
+        import torch
+
+        from components.data.augment import FLIP_H, FLIP_V, zoom_out
+        from model.pixels import pad_colour
+
+        for bit, table, dim in ((FLIP_H, self.mirror, -1), (FLIP_V, self.vmirror, -2)):
+            if flip & bit and table is not None and table.flippable(tokens):
+                image, mask = self._flipped(index, image, dim), self._flipped(index, mask, dim)
+                tokens = table.mirror(tokens)
+        if zoom is not None:
+            region = (self._height[index], self._width[index])
+            fill = torch.tensor(pad_colour(self.fit.pixels), dtype=image.dtype).view(3, 1, 1)
+            image = zoom_out(image, region, zoom, fill, binary=False)
+            mask = zoom_out(mask, region, zoom, 0.0, binary=True)
+        return image, mask, tokens
+
+    def _flipped(self, index: int, t, dim: int = -1):
+        """``t`` [..., S, S] mirrored along ``dim`` (-1: left-right, -2: top-bottom) within the
+        image's region of the input (with ``resize: pad`` the padding stays where it is)."""
         out = t.clone()
-        out[..., :w] = t[..., :w].flip(-1)
+        if dim == -1:
+            w = self._width[index]
+            out[..., :w] = t[..., :w].flip(-1)
+        else:
+            h = self._height[index]
+            out[..., :h, :] = t[..., :h, :].flip(-2)
         return out
 
     # ------------------------------------------------------------------------------------------
@@ -304,7 +329,10 @@ class GroupedSampler:
 
     def __init__(self, counts: Sequence[int], shuffle: bool = True, seed: int = 0,
                  max_expressions: int | None = None, num_replicas: int = 1, rank: int = 0,
-                 batch_size: int = 1, drop_last: bool = True, hflip: float = 0.0):
+                 batch_size: int = 1, drop_last: bool = True, hflip: float = 0.0,
+                 vflip: float = 0.0, zoom_out: float = 0.0):
+        from components.data.augment import Augmentation
+
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"bad rank {rank} for {num_replicas} replicas")
         if max_expressions is not None and int(max_expressions) < 1:
@@ -320,6 +348,7 @@ class GroupedSampler:
         self.batch_size = int(batch_size)
         self.drop_last = bool(drop_last)
         self.hflip = float(hflip)  # share of items drawn for a horizontal flip (flip.py)
+        self.augment = Augmentation(float(hflip), float(vflip), float(zoom_out))
         self.epoch = 0
         self.start = 0
 
@@ -337,12 +366,11 @@ class GroupedSampler:
         epoch = self.epoch if epoch is None else int(epoch)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         items = self._ordered(g)
-        if self.hflip > 0:  # (image, positions, flip); the order above is drawn as without flips
-            from components.data.flip import flip_draws
-
-            draws = flip_draws(len(items), self.hflip, self.seed, epoch)
-            items = [(it, None, f) if isinstance(it, int) else (it[0], it[1], f)
-                     for it, f in zip(items, draws, strict=True)]
+        if self.augment.active:  # (image, positions, flip code, zoom); the order is drawn as
+            # without augmentation (augment.py)
+            draws = self.augment.draws(len(items), self.seed, epoch)
+            items = [(it, None, f, z) if isinstance(it, int) else (it[0], it[1], f, z)
+                     for it, (f, z) in zip(items, draws, strict=True)]
         return self._cut(items)
 
     def _ordered(self, g) -> list:
@@ -404,10 +432,11 @@ class PairSampler(GroupedSampler):
 
     def __init__(self, counts: Sequence[int], shuffle: bool = True, seed: int = 0,
                  num_replicas: int = 1, rank: int = 0, batch_size: int = 1,
-                 drop_last: bool = True, hflip: float = 0.0):
+                 drop_last: bool = True, hflip: float = 0.0, vflip: float = 0.0,
+                 zoom_out: float = 0.0):
         super().__init__(counts, shuffle=shuffle, seed=seed, max_expressions=None,
                          num_replicas=num_replicas, rank=rank, batch_size=batch_size,
-                         drop_last=drop_last, hflip=hflip)
+                         drop_last=drop_last, hflip=hflip, vflip=vflip, zoom_out=zoom_out)
         self.pairs = [(i, (j,)) for i, k in enumerate(self.counts) for j in range(k)]
 
     def _ordered(self, g) -> list:

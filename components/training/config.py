@@ -35,6 +35,8 @@ class TrainConfig:
     batch_size: int = 1  # batching: pair: pairs per process per step
     batch_images: int = 1  # batching: image: images per process per step (with their expressions)
     hflip: float = 0.0  # share of training items flipped left-right, left/right words swapped
+    vflip: float = 0.0  # share flipped top-bottom, top/bottom words swapped
+    zoom_out: float = 0.0  # largest shrink of a training image, placed anywhere in its region
     max_expressions_per_image: int | None = None  # batching: image: None = all, else chunks
     num_workers: int = 4  # DataLoader worker processes (0 = in the main process)
     memory_cache: bool = True  # keep decoded, resized images in memory (per worker)
@@ -72,9 +74,18 @@ class TrainConfig:
         need(int(self.resume_every) >= 1, "resume_every must be >= 1")
         need(int(self.log_every) >= 1, "log_every must be >= 1")
         need(0.0 <= float(self.hflip) <= 1.0, f"hflip must lie in [0, 1], got {self.hflip}")
+        need(0.0 <= float(self.vflip) <= 1.0, f"vflip must lie in [0, 1], got {self.vflip}")
+        need(0.0 <= float(self.zoom_out) < 1.0, f"zoom_out must lie in [0, 1), got "
+             f"{self.zoom_out}")
         need(float(self.grad_clip) >= 0, "grad_clip must be >= 0 (0 = off)")
         need(0 <= float(self.lr_end_factor) <= 1, "lr_end_factor must lie in [0, 1]")
         need(len(self.adam_betas) == 2, "adam_betas must be two numbers")
+
+    @property
+    def augmentation(self) -> dict[str, float]:
+        """The sampler's augmentation arguments (components/data/augment.py)."""
+        return {"hflip": float(self.hflip), "vflip": float(self.vflip),
+                "zoom_out": float(self.zoom_out)}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -210,19 +210,28 @@ class Trainer:
         if cfg.batching == "pair":
             self.sampler = PairSampler(counts, shuffle=True, seed=self.seed, num_replicas=world,
                                        rank=rank, batch_size=cfg.per_step, drop_last=True,
-                                       hflip=cfg.hflip)
+                                       **cfg.augmentation)
         else:
             self.sampler = GroupedSampler(
                 counts, shuffle=True, seed=self.seed,
                 max_expressions=cfg.max_expressions_per_image, num_replicas=world, rank=rank,
-                batch_size=cfg.per_step, drop_last=True, hflip=cfg.hflip)
-        if cfg.hflip > 0:
-            from components.data.flip import MirrorTable
-
-            self.train_ds.mirror = MirrorTable(self.data.read_vocab(self.lang), self.lang)
-            self.log.info("horizontal flip on %.0f%% of the items; %d left/right words swapped",
-                          100 * cfg.hflip, len(self.train_ds.mirror.swapped))
+                batch_size=cfg.per_step, drop_last=True, **cfg.augmentation)
+        self._mirrors(cfg)
         self.per_epoch = self.sampler.batches_per_epoch()
+
+    def _mirrors(self, cfg) -> None:
+        """The word tables of the flips the config asks for (components/data/flip.py)."""
+        from components.data.flip import HORIZONTAL, VERTICAL, MirrorTable
+
+        for share, axis, attr in ((cfg.hflip, HORIZONTAL, "mirror"),
+                                  (cfg.vflip, VERTICAL, "vmirror")):
+            if share > 0:
+                table = MirrorTable(self.data.read_vocab(self.lang), self.lang, axis=axis)
+                setattr(self.train_ds, attr, table)
+                self.log.info("%s flip on %.0f%% of the items; %d words swapped, %d block it",
+                              axis, 100 * share, len(table.swapped), int(table.blocked.sum()))
+        if cfg.zoom_out > 0:
+            self.log.info("zoom-out: each item shrunk by a factor in [%.2f, 1]", 1 - cfg.zoom_out)
 
     def _select_dataset(self) -> RefDataset | None:
         """The ``select_split`` dataset; None (no validation) when the default ``val`` split is
