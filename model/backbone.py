@@ -27,9 +27,12 @@ DEEPLAB_DILATION = {"layer3": 2, "layer4": 4}
 
 
 class NarrowResNet(nn.Module):
-    """torchvision's ResNet layout (conv1/bn1/maxpool/layer1..4) with BasicBlocks of small width."""
+    """torchvision's ResNet layout (conv1/bn1/maxpool/layer1..4) with BasicBlocks of small width.
+    ``dilation``: layer3 and layer4 keep stride 1 and dilate their 3x3 convs by 2 and 4 (output
+    stride 8, as DeepLab's ResNet), so Res4 and Res5 share Res3's grid."""
 
-    def __init__(self, widths: list[int], blocks: list[int], norm_layer: type[nn.Module]):
+    def __init__(self, widths: list[int], blocks: list[int], norm_layer: type[nn.Module],
+                 dilation: bool = False):
         super().__init__()
         w0 = widths[0]
         self.conv1 = nn.Conv2d(3, w0, kernel_size=3, stride=2, padding=1, bias=False)
@@ -38,7 +41,8 @@ class NarrowResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         inplanes = w0
         for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
-            stride = 1 if i == 0 else 2
+            d = DEEPLAB_DILATION.get(f"layer{i + 1}", 1) if dilation else 1
+            stride = 1 if i == 0 or d > 1 else 2
             layers = []
             for b in range(n):
                 s = stride if b == 0 else 1
@@ -47,7 +51,10 @@ class NarrowResNet(nn.Module):
                     down = nn.Sequential(
                         nn.Conv2d(inplanes, w, 1, stride=s, bias=False), norm_layer(w)
                     )
-                layers.append(tv_resnet.BasicBlock(inplanes, w, s, down, norm_layer=norm_layer))
+                block = tv_resnet.BasicBlock(inplanes, w, s, down, norm_layer=norm_layer)
+                for conv in (block.conv1, block.conv2):  # BasicBlock itself refuses dilation > 1
+                    conv.dilation, conv.padding = (d, d), (d, d)
+                layers.append(block)
                 inplanes = w
             setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
         for m in self.modules():
@@ -58,7 +65,8 @@ class NarrowResNet(nn.Module):
 def _make_resnet(cfg: ModelConfig) -> tuple[nn.Module, dict[str, int]]:
     norm = FrozenBatchNorm2d if cfg.backbone_frozen else nn.BatchNorm2d
     if cfg.backbone == "narrow_resnet":
-        net = NarrowResNet(cfg.backbone_widths, cfg.backbone_blocks, norm)
+        net = NarrowResNet(cfg.backbone_widths, cfg.backbone_blocks, norm,
+                           dilation=cfg.backbone_dilation)
         ch = {"res3": cfg.backbone_widths[1], "res4": cfg.backbone_widths[2],
               "res5": cfg.backbone_widths[3]}
         return net, ch

@@ -187,3 +187,16 @@ def test_old_checkpoints_without_the_fields_load_as_before(tmp_path):
     with torch.no_grad():
         assert torch.equal(old(x, tokens, lengths, index)["logits"],
                            model(x, tokens, lengths, index)["logits"])
+
+
+def test_narrow_resnet_dilation_keeps_every_level_on_the_res3_grid():
+    """backbone_dilation on the narrow net: layer3/layer4 at stride 1, dilation 2/4 (output stride
+    8); without it the levels halve (12, 6, 3 at 96 px) and the network resamples them."""
+    x = torch.rand(1, 3, 96, 96)
+    for dilated, sizes in ((False, [12, 6, 3]), (True, [12, 12, 12])):
+        cfg = load_config("small3", {"backbone_dilation": dilated})
+        body = Backbone(cfg).body
+        assert [f.shape[-1] for f in body(x).values()] == sizes
+        d = (2, 2) if dilated else (1, 1)
+        assert body.layer3[0].conv1.dilation == d and body.layer3[0].conv2.padding == d
+        assert body.layer4[0].conv2.dilation == ((4, 4) if dilated else (1, 1))
