@@ -49,7 +49,7 @@ class TrainOptions:
     data: str  # tokenize output folder (local or s3://)
     lang: str  # "zh" or "en"
     out: str  # local output folder; the same folder resumes
-    config: str = "small"  # preset, preset:row, ablation/<row> or YAML file (configs/)
+    config: str = "small3"  # preset, preset:row, ablation/<row> or YAML file (configs/)
     steps: int | None = None  # None: the config's
     seed: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)  # --set key=value (model or train)
@@ -119,7 +119,7 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
 def train(
     data_dir: str,
     lang: str,
-    config: str = "small",
+    config: str = "small3",
     out_dir: str | None = None,
     steps: int | None = None,
     seed: int = 0,
@@ -166,9 +166,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--data", required=True, help="tokenize output folder (local or s3://)")
     p.add_argument("--lang", required=True, choices=("zh", "en"))
-    p.add_argument("--config", default="small",
-                   help="a preset of configs/ (small, small3, paper), preset:ablation_row (e.g. "
-                        "small:row1_baseline), ablation/<row> or a YAML file (default small)")
+    p.add_argument("--config", default="small3",
+                   help="a preset of configs/ (small3, small, paper), preset:ablation_row (e.g. "
+                        "small:row1_baseline), ablation/<row> or a YAML file (default small3: "
+                        "the full three-level network scaled for a CPU)")
     p.add_argument("--out", required=True, help="output folder (local)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: config's)")
     p.add_argument("--seed", type=int, default=0)

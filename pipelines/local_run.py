@@ -45,7 +45,7 @@ class PipelineOptions:
     manifest_uri: str
     root: str = "runs/local"
     languages: list[str] = field(default_factory=lambda: list(LANGS))
-    config: str = "small"
+    config: str = "small3"
     steps: int = 0
     crf: bool = True
     splits: str = ""  # evaluated splits, comma-separated; "" = every split but train
@@ -306,8 +306,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                      "train, evaluate, register) on this machine through kfp.local.")
     p.add_argument("--manifest", required=True, help="bilingual manifest (local path or s3://)")
     add_pipeline_options(p)
-    p.add_argument("--config", "--preset", dest="config", default="small",
-                   help="model/training config: preset name or YAML file (default small)")
+    p.add_argument("--config", "--preset", dest="config", default="small3",
+                   help="model/training config: preset name or YAML file (default small3, the full "
+                   "three-level network scaled for a CPU)")
     p.add_argument("--splits", "--split", dest="splits", default="",
                    help="evaluated splits, comma-separated (default: every split but train)")
     p.add_argument("--gate-split", default="", help="splits the promotion gate pools, joined "

@@ -43,7 +43,7 @@ def _on_cluster(task):
 def refseg_pipeline(
     manifest_uri: str,
     languages: list = ["zh", "en"],  # noqa: B006 - KFP pipeline parameter default
-    config: str = "small",
+    config: str = "small3",
     steps: int = 0,
     crf: bool = True,
     splits: str = "",

@@ -1,7 +1,7 @@
 """`make run` (`refseg run-local`): the embedded default on one machine, end to end.
 
 1. generates the synthetic bilingual dataset under ``ROOT/data``;
-2. runs the whole Kubeflow DAG locally through ``kfp.local`` for both languages on the ``small``
+2. runs the whole Kubeflow DAG locally through ``kfp.local`` for both languages on the ``small3``
    config (check translations, tokenize, then per language train, evaluate, register), with MLflow
    on ``ROOT/mlflow.db``;
 3. prints the results per language, where the reports are, the registered versions and the
@@ -13,12 +13,12 @@ import time
 
 from pipelines.local_run import add_pipeline_options, languages_of
 
-CONFIG = "small"
+CONFIG = "small3"
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = ("What `make run` does: generate the synthetic bilingual dataset, then run "
-                     "the whole Kubeflow DAG locally (kfp.local) on the small config, with MLflow "
+                     "the whole Kubeflow DAG locally (kfp.local) on the small3 config (the full three-level network), with MLflow "
                      "on ROOT/mlflow.db, and print the results.")
     add_pipeline_options(p)
     p.add_argument("--images", type=int, default=600, help="synthetic scenes (default 600)")

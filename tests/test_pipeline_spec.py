@@ -70,7 +70,7 @@ def test_parameter_defaults(compiled):
     _, spec = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["languages"]["defaultValue"] == ["zh", "en"]
-    assert params["config"]["defaultValue"] == "small"
+    assert params["config"]["defaultValue"] == "small3"
     assert params["crf"]["defaultValue"] is True
     assert params["margin"]["defaultValue"] == 0.0
     assert params["max_fail_rate"]["defaultValue"] == 0.05

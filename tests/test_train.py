@@ -355,7 +355,8 @@ def test_config_resolution_and_errors(data_dir, tmp_path):
 
 def test_config_files_one_path(tmp_path):
     """Presets and ablation rows are configs/*.yaml with model: and train: sections, read by one
-    loader: small3 is small with three levels, CLAF and 2000 steps; rows apply on any preset."""
+    loader: small3 is small with three levels, CLAF, 2000 steps and hflip; rows apply on any
+    preset."""
     import configs
 
     assert configs.presets() == ["paper", "small", "small3"]
@@ -363,10 +364,10 @@ def test_config_files_one_path(tmp_path):
     small, small3 = configs.read("small"), configs.read("small3")
     assert small3["model"] == {**small["model"], "name": "small3",
                                "levels": ["res3", "res4", "res5"], "use_claf": True}
-    assert small3["train"] == {**small["train"], "steps": 2000}
+    assert small3["train"] == {**small["train"], "steps": 2000, "hflip": 0.5}
     m, t, _ = load_run_config("small3")
-    assert (m.name, m.levels, m.use_claf, t.steps, t.lr, t.batch_images) == (
-        "small3", ["res3", "res4", "res5"], True, 2000, 3e-3, 4)
+    assert (m.name, m.levels, m.use_claf, t.steps, t.lr, t.batch_images, t.hflip) == (
+        "small3", ["res3", "res4", "res5"], True, 2000, 3e-3, 4, 0.5)
     m, t, _ = load_run_config("ablation/row10_full")
     assert (m.name, m.input_size, m.use_mutan, t.steps) == ("paper:row10_full", 320, True, 200_000)
     m, t, _ = load_run_config("small:row1_baseline")
