@@ -20,7 +20,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/refseg run-local
 
-# Table 4 as one pipeline run: every ablation row on small3 for one language, e.g.
+# Table 4 as one pipeline run: every ablation row on small3_os8 for one language, e.g.
 # make ablation ABLATION_LANG=zh STEPS=300 SEEDS=0,1,2 (0 steps = the preset's own number).
 ABLATION_LANG ?= en
 STEPS ?= 0

@@ -15,6 +15,7 @@ is per sample, so it does not couple the expressions of a batch and needs no run
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -22,13 +23,25 @@ class ConvLSTMCell(nn.Module):
     def __init__(self, c_in: int, hidden: int, kernel: int = 3):
         super().__init__()
         self.hidden = hidden
+        self.c_in = c_in
         self.gates = nn.Conv2d(c_in + hidden, 4 * hidden, kernel, padding=kernel // 2)
 
-    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        h, c = state
-        i, f, o, g = self.gates(torch.cat([x, h], dim=1)).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        """One step; ``state`` None is the zero state of the first step, where the hidden half
+        of the gate convolution contributes nothing: only the input half is computed (the same
+        gates, a third less of the cell's work over three levels)."""
+        if state is None:
+            w = self.gates.weight[:, : self.c_in]
+            gates = F.conv2d(x, w, self.gates.bias, padding=self.gates.padding)
+            c_prev = None
+        else:
+            h, c_prev = state
+            gates = self.gates(torch.cat([x, h], dim=1))
+        i, f, o, g = gates.chunk(4, dim=1)
+        c = torch.sigmoid(i) * torch.tanh(g)
+        if c_prev is not None:
+            c = torch.sigmoid(f) * c_prev + c
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, c
 
@@ -45,10 +58,7 @@ class ConvLSTM(nn.Module):
         self.cell = ConvLSTMCell(c_in, hidden, kernel)
 
     def forward(self, seq: list[torch.Tensor]) -> torch.Tensor:
-        x0 = seq[0]
-        n, _, h, w = x0.shape
-        hs = x0.new_zeros(n, self.cell.hidden, h, w)
-        state = (hs, hs.clone())
+        state = None  # zero hidden and cell state
         for x in seq:
             state = self.cell(self.norm(x) if self.norm is not None else x, state)
         return state[0]

@@ -33,7 +33,7 @@ PIPELINE_NAME = "bilingual-refseg-ablation"
 def ablation_pipeline(
     manifest_uri: str,
     lang: str = "en",
-    preset: str = "small3",
+    preset: str = "small3_os8",
     rows: str = "",
     steps: int = 0,
     seeds: str = "0",

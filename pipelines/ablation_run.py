@@ -21,7 +21,7 @@ LOCAL_PARALLEL = 2
 
 
 def run_ablation(manifest_uri: str, *, root: str = "runs/ablation", lang: str = "en",
-                 preset: str = "small3", rows: str = "", steps: int = 0, seeds: str = "0",
+                 preset: str = "small3_os8", rows: str = "", steps: int = 0, seeds: str = "0",
                  split: str = "gate", crf: bool = True, max_fail_rate: float = 0.05,
                  verbose: bool = False) -> dict:
     """Run the ablation DAG locally; returns the table (also ``ROOT/ablation.json``) with
@@ -98,8 +98,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (default 0)")
     p.add_argument("--rows", default="", help="comma-separated rows (names or numbers, e.g. "
                    "1,4,10); default every row of configs/ablation")
-    p.add_argument("--preset", default="small3", help="the preset the rows are applied on "
-                   "(a shipped preset or a YAML file; default small3)")
+    p.add_argument("--preset", default="small3_os8", help="the preset the rows are applied on "
+                   "(a shipped preset or a YAML file; default small3_os8: small3 with every level "
+                   "on the Res3 grid, as the paper's)")
     p.add_argument("--split", default="gate", help="reported split: gate (the pooled splits "
                    "best.pt was not selected on, default) or one other evaluated split")
     p.add_argument("--manifest", default="", help="bilingual manifest (default: generate the "

@@ -114,7 +114,7 @@ def test_compiled_ablation_dag(compiled):
     spec = compiled
     assert spec["pipelineInfo"]["name"] == "bilingual-refseg-ablation"
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert params["preset"]["defaultValue"] == "small3" and params["rows"]["defaultValue"] == ""
+    assert params["preset"]["defaultValue"] == "small3_os8" and params["rows"]["defaultValue"] == ""
     assert params["seeds"]["defaultValue"] == "0" and params["split"]["defaultValue"] == "gate"
     assert params["crf"]["defaultValue"] is True and "defaultValue" not in params["manifest_uri"]
     assert {"lang", "steps", "tracking_uri", "max_fail_rate"} <= set(params)

@@ -147,6 +147,31 @@ def _train_steps(cfg: ModelConfig, steps: int = 3) -> list[float]:
     return losses
 
 
+def test_convlstm_first_step_skips_the_zero_state_exactly():
+    """The first step computes only the input half of the gate convolution: the same hidden
+    state, and the same gradients, as the full convolution over [x, 0]."""
+    from model.convlstm import ConvLSTM
+
+    torch.manual_seed(0)
+    lstm = ConvLSTM(6, 4, 3)
+    seq = [torch.randn(2, 6, 5, 5, requires_grad=True) for _ in range(3)]
+
+    def reference(seq):
+        cell = lstm.cell
+        h = c = torch.zeros(2, 4, 5, 5)
+        for x in seq:
+            i, f, o, g = cell.gates(torch.cat([lstm.norm(x), h], 1)).chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        return h
+
+    fast, ref = lstm(seq), reference(seq)
+    assert torch.allclose(fast, ref, atol=1e-6) and fast.abs().sum() > 0
+    g_fast = torch.autograd.grad(fast.sum(), [lstm.cell.gates.weight, seq[0]])
+    g_ref = torch.autograd.grad(ref.sum(), [lstm.cell.gates.weight, seq[0]])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_fast, g_ref, strict=True))
+
+
 def test_convlstm_is_its_own_switch():
     """use_convlstm: null keeps "on with several levels"; several levels without a ConvLSTM are
     fused by concat + 1x1 conv; a single level may have one. Both train (loss finite)."""

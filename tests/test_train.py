@@ -359,7 +359,7 @@ def test_config_files_one_path(tmp_path):
     preset."""
     import configs
 
-    assert configs.presets() == ["paper", "small", "small3"]
+    assert configs.presets() == ["paper", "small", "small3", "small3_os8"]
     assert configs.ablation_names()[0] == "row1_baseline" and len(configs.ablation_names()) == 10
     small, small3 = configs.read("small"), configs.read("small3")
     assert small3["model"] == {**small["model"], "name": "small3",
