@@ -62,6 +62,10 @@ class PipelineOptions:
         bad = [x for x in self.languages if x not in LANGS]
         if bad or not self.languages:
             raise InputError(f"unknown language(s) {bad or self.languages}; use zh and/or en")
+        from components.evaluation.splits import parse_gate, parse_splits
+
+        parse_splits(self.splits)  # bad split names fail here, before any task runs
+        parse_gate(self.gate_split)
 
 
 def mlflow_uri_for(root: str) -> str:

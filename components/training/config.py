@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from components.data.names import RULE as SPLIT_RULE
+from components.data.names import is_split_name
 from components.errors import ConfigError
 
 
@@ -67,8 +69,8 @@ class TrainConfig:
         need(self.batching == "image" or self.max_expressions_per_image is None,
              "max_expressions_per_image applies to batching: image only (a pair has one "
              "expression); set it to null")
-        need(isinstance(self.select_split, str) and bool(self.select_split.strip()),
-             f"select_split must name a split, got {self.select_split!r}")
+        need(is_split_name(self.select_split),
+             f"select_split {self.select_split!r} is not a valid split name: use {SPLIT_RULE}")
         need(int(self.num_workers) >= 0, "num_workers must be >= 0")
         need(int(self.val_every) >= 1, "val_every must be >= 1")
         need(int(self.resume_every) >= 1, "resume_every must be >= 1")
