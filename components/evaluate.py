@@ -140,7 +140,7 @@ def _load(opts: EvaluateOptions, cache: str) -> _Loaded:
     model, cfg, extra = inputs.load_model(opts.checkpoint, cache)
     lang = inputs.language(opts.lang, extra, opts.checkpoint)
     data = TokenizedData(opts.data_dir)
-    inputs.check_vocabulary(data, lang, model.vocab_size, opts.checkpoint)
+    inputs.check_vocabulary(data, lang, model.vocab_size, opts.checkpoint, extra)
     for s in opts.splits:
         inputs.check_split(data, lang, s)
     splits = evaluated_splits(opts.splits, data.splits(lang))
