@@ -70,7 +70,7 @@ def register(run_id: str | RegisterOptions, **options: Any) -> dict:
     opts = run_id if isinstance(run_id, RegisterOptions) else RegisterOptions(run_id, **options)
     tracking_uri = opts.tracking_uri or mlflow.get_tracking_uri()
     client = store.open_client(tracking_uri)
-    run = client.get_run(opts.run_id)
+    run = store.get_run(client, opts.run_id, tracking_uri)
     metrics = dict(run.data.metrics)
     lang = opts.lang or run.data.params.get("lang") or run.data.tags.get("lang")
     if lang not in ("zh", "en"):
