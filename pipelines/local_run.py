@@ -63,9 +63,12 @@ class PipelineOptions:
         if bad or not self.languages:
             raise InputError(f"unknown language(s) {bad or self.languages}; use zh and/or en")
         from components.evaluation.splits import parse_gate, parse_splits
+        from components.training.config import load_run_config
 
-        parse_splits(self.splits)  # bad split names fail here, before any task runs
+        # bad split names and a config that cannot load fail here, before any task runs
+        parse_splits(self.splits)
         parse_gate(self.gate_split)
+        load_run_config(self.config)
 
 
 def mlflow_uri_for(root: str) -> str:
