@@ -22,6 +22,7 @@ import os
 from typing import Any
 
 from components import logs
+from components.data.names import check_split_name
 from components.errors import ConfigError
 from components.evaluation.pooling import GATE_PREFIX
 
@@ -71,6 +72,7 @@ def check_split(split: str, preset: str) -> None:
     chosen = select_split(preset)
     if not split:
         raise ConfigError(f"split must be {GATE!r} or an evaluated split other than {chosen!r}")
+    check_split_name(split)
     if split == chosen:
         raise ConfigError(f"split {split!r} is the selection split of {preset} (best.pt is "
                           f"chosen on it: optimistic figures); use {GATE!r} (the pooled splits "

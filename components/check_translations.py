@@ -44,6 +44,7 @@ from components.checks.lexicon import (
 from components.checks.results import SUMMARY, Outcome, summary, write_tables
 from components.checks.schema import read_raw
 from components.data import manifest as mf
+from components.data.names import check_split_name
 from components.data.storage import staged_output
 from components.errors import ConfigError
 from components.logs import get_logger
@@ -70,6 +71,8 @@ class CheckOptions:
         band = self.checks.length_band
         if band is not None and not 0 < band[0] < band[1]:
             raise ConfigError(f"length band must be 0 < low < high, got {band}")
+        for split in self.checks.known_splits:
+            check_split_name(split, "known split")
 
 
 def check_manifest(opts: CheckOptions) -> dict:

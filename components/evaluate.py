@@ -61,6 +61,7 @@ from components.evaluation.sanity import sanity_row
 from components.evaluation.splits import (
     evaluated_splits,
     gate_name,
+    parse_gate,
     parse_splits,
     resolve_gate,
 )
@@ -113,6 +114,7 @@ class EvaluateOptions:
         self.checkpoint, self.data_dir, self.out_dir = (
             str(self.checkpoint), str(self.data_dir), str(self.out_dir))
         self.splits = list(dict.fromkeys(parse_splits(self.splits) + parse_splits(self.split)))
+        parse_gate(self.gate_split)  # a malformed gate is refused before anything is read
 
     def crf_settings(self) -> CRFParams:
         return (self.crf_params or CRFParams()).replace(mode=self.crf_mode)
@@ -138,7 +140,7 @@ def _load(opts: EvaluateOptions, cache: str) -> _Loaded:
     model, cfg, extra = inputs.load_model(opts.checkpoint, cache)
     lang = inputs.language(opts.lang, extra, opts.checkpoint)
     data = TokenizedData(opts.data_dir)
-    inputs.check_vocabulary(data, lang, model.vocab_size, opts.checkpoint)
+    inputs.check_vocabulary(data, lang, model.vocab_size, opts.checkpoint, extra)
     for s in opts.splits:
         inputs.check_split(data, lang, s)
     splits = evaluated_splits(opts.splits, data.splits(lang))

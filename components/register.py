@@ -36,6 +36,7 @@ from components.registry.promotion import (
     version_tags,
 )
 from components.serving import model_name
+from components.text.tokenizer import FINGERPRINT_KEY
 
 GATE_METRIC = "gate_overall_iou_crf"
 log = get_logger("register")
@@ -69,7 +70,7 @@ def register(run_id: str | RegisterOptions, **options: Any) -> dict:
     opts = run_id if isinstance(run_id, RegisterOptions) else RegisterOptions(run_id, **options)
     tracking_uri = opts.tracking_uri or mlflow.get_tracking_uri()
     client = store.open_client(tracking_uri)
-    run = client.get_run(opts.run_id)
+    run = store.get_run(client, opts.run_id, tracking_uri)
     metrics = dict(run.data.metrics)
     lang = opts.lang or run.data.params.get("lang") or run.data.tags.get("lang")
     if lang not in ("zh", "en"):
@@ -144,6 +145,7 @@ def _provenance(run, lang: str, extra: dict, opts: RegisterOptions, gate: str) -
         T_GATE_SPLIT: gate_split_of(gate, dict(tags)),
         T_SELECT_SPLIT: str(tags.get(T_SELECT_SPLIT) or extra.get("select_split") or ""),
         "dataset_fingerprint": str(fingerprint),
+        "vocab_fingerprint": str(extra.get(FINGERPRINT_KEY) or ""),
         "git_commit": "" if commit == provenance.UNKNOWN else commit,
         "pipeline_run_id": opts.pipeline_run or os.environ.get("REFSEG_PIPELINE_RUN") or "",
         "config": str(params.get("config", "")),

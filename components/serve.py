@@ -84,6 +84,7 @@ def load_model(model: str, tokenizer: str | None = None, tracking_uri: str | Non
         return _LocalModel(model, tokenizer)
     if not _is_uri(model) and not os.path.exists(model):
         raise MissingInputError(f"--model {model}: no such file, folder or model URI")
+    _check_models_uri(model)
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -93,9 +94,41 @@ def load_model(model: str, tokenizer: str | None = None, tracking_uri: str | Non
     try:
         return mlflow.pyfunc.load_model(model)
     except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+        # an unknown model, version, run or alias (sqlite stores say INVALID_PARAMETER_VALUE
+        # for a missing alias); any other failure is not the user's
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
-        raise MissingInputError(f"--model {model}: not found ({exc.message})") from exc
+        why = exc.message.strip().splitlines()[0] if exc.message.strip() else exc.error_code
+        raise MissingInputError(f"--model {model}: not found ({why}){_aliases_hint(model)}"
+                                ) from None
+
+
+def _check_models_uri(model: str) -> None:
+    """``models:/`` must be followed by NAME@ALIAS, NAME/VERSION (or stage, latest) or a logged
+    model id: anything else is a ConfigError before MLflow is asked."""
+    if not model.startswith("models:/"):
+        return
+    rest = model[len("models:/"):]
+    name = rest.partition("@")[0].partition("/")[0]
+    if not name or rest.endswith(("@", "/")) or rest.count("@") > 1:
+        raise ConfigError(f"--model {model}: expected models:/NAME@ALIAS (e.g. "
+                          "models:/bilingual-refseg-zh@champion), models:/NAME/VERSION or "
+                          "models:/m-<logged model id>")
+
+
+def _aliases_hint(model: str) -> str:
+    """For ``models:/NAME@ALIAS``: the aliases NAME has (or that it is not registered)."""
+    if not model.startswith("models:/") or "@" not in model:
+        return ""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name = model[len("models:/"):].partition("@")[0]
+    try:
+        aliases = sorted((MlflowClient().get_registered_model(name).aliases or {}).keys())
+    except MlflowException:
+        return f"; no registered model {name!r}"
+    return f"; {name} has aliases: {', '.join(aliases) if aliases else 'none'}"
 
 
 def run(args) -> int:

@@ -34,6 +34,8 @@ import numpy as np
 
 from components.data import storage
 from components.data.manifest import TEXT_COLUMN
+from components.data.names import RULE as SPLIT_RULE
+from components.data.names import is_split_name
 from components.errors import ConfigError, InputError, MissingInputError
 from components.logs import get_logger
 from components.text import zh
@@ -134,6 +136,7 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
     opts.check()
     with timings("read_manifest_s"):
         df = mf.read_manifest(opts.manifest)
+    _check_split_names(df, opts.manifest)
     if "train" not in set(df["split"]):
         raise InputError(f"{opts.manifest}: no rows with split 'train' (vocabularies are built "
                          "from the training split)")
@@ -191,6 +194,16 @@ def tokenize(manifest_uri: str, out_dir: str, **options) -> dict:
 
 # ------------------------------------------------------------------------------------------------
 # Pieces of the step
+def _check_split_names(df, manifest: str) -> None:
+    """Every row's split is a valid split name (it becomes a shard's file name); the first row
+    that is not is an InputError naming its sample_id."""
+    bad = [s for s in dict.fromkeys(df["split"]) if not is_split_name(s)]
+    if bad:
+        sid = df["sample_id"][df["split"] == bad[0]].iloc[0]
+        raise InputError(f"{manifest}: sample_id {sid!r}: split {bad[0]!r} is not a valid split "
+                         f"name: use {SPLIT_RULE} (check-translations quarantines such rows)")
+
+
 @dataclass
 class _Kept:
     """The rows every language passed, in manifest order, and the splits present."""

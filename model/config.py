@@ -27,6 +27,49 @@ BACKBONE_FORMATS = ("torchvision", "deeplab", "auto")
 RESIZE_MODES = ("stretch", "pad")
 
 
+def check_field_types(obj: Any, where: str) -> None:
+    """Each field of the dataclass ``obj`` holds a value of its annotated type (``int``,
+    ``float``, ``str``, ``bool``, ``list[...]``, ``X | None``), else a one-line ConfigError
+    naming ``where``, the field and the value: a YAML file or ``--set`` with a wrong type fails
+    here, not deep inside the network. Numbers written as strings (``1e-3``, which YAML reads as
+    a string) pass as the numbers they spell; an int passes for a float; values are kept as
+    given."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if not _is_a(value, str(f.type)):
+            shown = str(f.type).replace("None", "null")
+            raise ConfigError(f"{where}: {f.name} must be {shown}, got {value!r} "
+                              f"({type(value).__name__})")
+
+
+def _is_a(value: Any, kind: str) -> bool:
+    """Whether ``value`` fits the annotation string ``kind``."""
+    for option in (k.strip() for k in kind.split("|")):
+        if option == "None":
+            if value is None:
+                return True
+        elif option.startswith("list[") and option.endswith("]"):
+            if isinstance(value, list | tuple) and all(_is_a(v, option[5:-1]) for v in value):
+                return True
+        elif _is_scalar(value, option):
+            return True
+    return False
+
+
+def _is_scalar(value: Any, kind: str) -> bool:
+    if kind in ("bool", "str"):
+        return isinstance(value, bool if kind == "bool" else str)
+    if isinstance(value, bool) or kind not in ("int", "float"):
+        return False
+    if isinstance(value, str):
+        try:
+            (int if kind == "int" else float)(value.strip())
+        except ValueError:
+            return False
+        return True
+    return isinstance(value, int) or (kind == "float" and isinstance(value, float))
+
+
 @dataclass
 class ModelConfig:
     """All fields are plain JSON values so that a checkpoint carries its config as a dict."""
@@ -103,6 +146,7 @@ class ModelConfig:
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
+        check_field_types(self, "ModelConfig")
         self.levels = list(self.levels)
         self.backbone_widths = list(self.backbone_widths)
         self.backbone_blocks = list(self.backbone_blocks)

@@ -83,7 +83,7 @@ def _common_options() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A user's mistake (:class:`RefsegError`, or an operating-system error on a
-    path the user named) prints one line and returns 1; any other exception is a bug and shows
+    path the user named) prints one line (:func:`one_line`) and returns 1; any other exception is a bug and shows
     its traceback (return 2). ``REFSEG_DEBUG=1`` shows the traceback of user errors too."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(load=_match(argv))
@@ -108,8 +108,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if os.environ.get("REFSEG_DEBUG"):
             raise
-        print(f"refseg: error: {exc}", file=sys.stderr)
+        print(f"refseg: error: {one_line(str(exc))}", file=sys.stderr)
         return 1
+
+
+def one_line(message: str) -> str:
+    """A message on one line: its non-blank lines stripped and joined with "; " (a YAML parser's
+    error, for one, spans four lines)."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def _is_user_error(exc: BaseException) -> bool:

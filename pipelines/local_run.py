@@ -62,6 +62,13 @@ class PipelineOptions:
         bad = [x for x in self.languages if x not in LANGS]
         if bad or not self.languages:
             raise InputError(f"unknown language(s) {bad or self.languages}; use zh and/or en")
+        from components.evaluation.splits import parse_gate, parse_splits
+        from components.training.config import load_run_config
+
+        # bad split names and a config that cannot load fail here, before any task runs
+        parse_splits(self.splits)
+        parse_gate(self.gate_split)
+        load_run_config(self.config)
 
 
 def mlflow_uri_for(root: str) -> str:

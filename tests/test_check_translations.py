@@ -101,6 +101,14 @@ def plant_faults(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     i = pick(lambda r: True)
     df.at[i, "split"] = "dev"
     planted["unknown split"] = ([i], "schema", "unknown split")
+    # hostile paths: an S3 key that climbs out of the image cache, a split that climbs out of
+    # the shard folder
+    i = pick(lambda r: True)
+    df.at[i, "image_uri"] = "s3://bucket/imgs/../../../../tmp/escaped/x.png"
+    planted["image_uri leaving the cache"] = ([i], "schema", "unsafe image_uri")
+    i = pick(lambda r: True)
+    df.at[i, "split"] = "../../etc"
+    planted["split leaving the shard folder"] = ([i], "schema", "unknown split")
     return df, planted
 
 
@@ -139,6 +147,25 @@ def test_specific_reasons_name_the_terms(planted_run):
     assert any("UTF-8 read as Latin-1" in x for x in reasons)
     assert any("UTF-8 read as GBK" in x or "U+FFFD" in x for x in reasons)
     assert any("unknown split: 'dev'" in x for x in reasons)
+    assert any("unknown split: '../../etc'" in x for x in reasons)
+    assert any(x.startswith("schema: unsafe image_uri: ") and "'..' (path traversal)" in x
+               for x in reasons)
+
+
+def test_unsafe_image_uri_is_named_by_its_sample_id(planted_run):
+    """The report's and the summary's message of the row names its sample_id."""
+    df = planted_run["df"]
+    row = df.index[df["image_uri"].str.contains("/../", regex=False)][0]
+    sid = df.at[row, "sample_id"]
+    summary = json.loads((planted_run["out"] / "summary.json").read_text())
+    assert summary["per_reason"]["schema/unsafe image_uri"] == 1
+    checks = CheckConfig()
+    reasons, _ = compute_checks(df.loc[[row]].reset_index(drop=True), checks)
+    assert [r for r in reasons["schema"][0] if r.startswith("unsafe image_uri")]
+    from components.checks.results import Outcome
+
+    messages = Outcome.of(reasons).messages(df.loc[[row], "sample_id"].reset_index(drop=True))
+    assert messages["schema"][0].startswith(f"{sid}: unsafe image_uri: ")
 
 
 def test_clean_rows_pass_and_counts_reconcile(planted_run):
@@ -154,7 +181,7 @@ def test_clean_rows_pass_and_counts_reconcile(planted_run):
     assert list(clean.columns[: len(mf.COLUMNS)]) == list(mf.COLUMNS)
     for key in ("rows_in", "rows_clean", "rows_quarantined", "report"):
         assert res[key] == summary[key]
-    assert summary["per_check"]["meaning"] >= 2 and summary["per_check"]["schema"] == 5
+    assert summary["per_check"]["meaning"] >= 2 and summary["per_check"]["schema"] == 7
     assert summary["per_check"]["duplicates"] == 2 and summary["per_check"]["completeness"] == 1
     assert summary["gate"] == "pass" and summary["fail_rate"] == pytest.approx(
         len(planted_rows) / len(df), abs=1e-6)

@@ -17,7 +17,7 @@ MAX_README_LINES = 250
 # Pages the README must link to (one per area, plus the contributor pages).
 PAGES = ("pipeline", "data-and-checks", "tokenize", "model", "training", "evaluation",
          "registry-and-serving", "infrastructure", "benchmarks", "testing", "method",
-         "architecture")
+         "architecture", "reliability")
 # Documents that are not part of the repository, spelled in pieces so that this file does not
 # name them itself.
 OUTSIDE = [re.escape(name + ".md") for name in ("METHOD", "ARCHITECTURE", "HELPERS", "CONTRACTS")]

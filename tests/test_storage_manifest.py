@@ -98,6 +98,50 @@ def test_safe_join():
     assert storage.safe_join("s3://bkt/images", "train/./a.jpg") == "s3://bkt/images/train/a.jpg"
     assert storage.safe_join("/data/img", "a/b.jpg") == "/data/img/a/b.jpg"
     assert storage.safe_name("a\\b.jpg") == "a/b.jpg"
+    with pytest.raises(storage.UnsafePathError, match="names no file"):
+        storage.safe_join("/data/img", "./")
+
+
+def _put_raw(bucket_uri: str, key: str, body: bytes) -> None:
+    """An object under ``key`` exactly as given (another tool wrote it; S3 keeps '..' as is)."""
+    import boto3
+
+    boto3.client("s3", region_name="us-east-1").put_object(Bucket=bucket_uri[5:], Key=key,
+                                                            Body=body)
+
+
+def _files(root) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("key", ["imgs/../../../escaped/x.png",
+                                 "imgs\\..\\..\\..\\escaped\\x.png",
+                                 "{root}/escaped/x.png"], ids=["dotdot", "backslash", "absolute"])
+def test_local_copy_never_writes_outside_its_cache(s3_bucket, tmp_path, key):
+    """An image_uri such as s3://bucket/imgs/../../../<folder>/x.png in a manifest: the object is
+    not cached outside cache_dir; the error names the URI. (The absolute key points into
+    tmp_path: should it escape, it lands where the test sees it.)"""
+    key = key.format(root=tmp_path)  # tmp_path is absolute: the key starts with '/'
+    _put_raw(s3_bucket, key, b"payload")
+    uri = f"{s3_bucket}/{key}"
+    cache = tmp_path / "work" / "cache"
+    with pytest.raises(storage.UnsafePathError) as err:
+        storage.local_copy(uri, str(cache))
+    assert uri in str(err.value)
+    assert _files(tmp_path) == []
+    # a plain key still lands inside the cache
+    _put_raw(s3_bucket, "imgs/ok.png", b"ok")
+    got = storage.local_copy(f"{s3_bucket}/imgs/ok.png", str(cache))
+    assert got == str(cache / s3_bucket[5:] / "imgs" / "ok.png") and open(got, "rb").read() == b"ok"
+
+
+def test_copy_tree_never_writes_outside_its_destination(s3_bucket, tmp_path):
+    _put_raw(s3_bucket, "out/a.txt", b"a")
+    _put_raw(s3_bucket, "out/../../escaped.txt", b"x")
+    dst = tmp_path / "dst" / "inner"
+    with pytest.raises(storage.UnsafePathError, match=r"escaped\.txt"):
+        storage.copy_tree(s3_bucket, str(dst))
+    assert "escaped.txt" not in " ".join(_files(tmp_path))
 
 
 # ------------------------------------------------------------------------------------ manifest

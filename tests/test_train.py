@@ -411,6 +411,12 @@ def test_pair_batching_learns_and_selects_on_the_named_split(data_dir, tmp_path,
     assert st["items_in_epoch"] % 4 == 0 and st["config"]["train"]["batching"] == "pair"
     _, _, extra = load_checkpoint(str(out / "checkpoints" / "best.pt"))
     assert extra["select_split"] == "testA"
+    # the vocabulary it was trained on, by content (evaluate and predict compare it)
+    from components.text.tokenized import TokenizedData
+    from components.text.tokenizer import vocab_fingerprint
+
+    fp = vocab_fingerprint(TokenizedData(str(data_dir)).read_vocab("en"))
+    assert extra["vocab_fingerprint"] == fp
     assert extra["val_overall_iou"] == pytest.approx(s["best_val_overall_iou"])
     assert json.loads((out / "summary.json").read_text())["select_split"] == "testA"
     client = mlflow.MlflowClient(tracking_uri=sqlite_uri)
@@ -418,6 +424,7 @@ def test_pair_batching_learns_and_selects_on_the_named_split(data_dir, tmp_path,
     assert "testA_overall_iou" in run.data.metrics and "best_testA_overall_iou" in run.data.metrics
     assert "val_overall_iou" not in run.data.metrics
     assert run.data.params["train.batching"] == "pair" and run.data.params["train.batch_size"] == "4"
+    assert run.data.params["vocab_fingerprint"] == fp
     loss = [m.value for m in sorted(client.get_metric_history(s["run_id"], "loss"),
                                     key=lambda m: m.step)]
     assert len(loss) == steps and np.isfinite(loss).all()

@@ -49,8 +49,9 @@ CHECK_DESCRIPTIONS = {
                "counterpart on the other side and none is contradicted (left vs 右)",
     "duplicates": "duplicates: no Chinese text is shared by different English expressions of "
                   "different objects in one image",
-    "schema": "schema: sample_id unique, split known, fields present, mask decodable and "
-              "non-empty, bbox inside the image",
+    "schema": "schema: sample_id unique, split known, fields present, image_uri safe (an "
+              "s3:// key without '..' or an absolute part), mask decodable and non-empty, bbox "
+              "inside the image",
 }
 
 

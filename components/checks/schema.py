@@ -3,9 +3,10 @@
 :func:`read_raw` checks only what makes a table a manifest (Parquet, schema version, column names
 and types); row-level faults that ``components.data.manifest.read_manifest`` refuses (duplicate
 ids, bad masks) are left to :func:`schema_reasons`, which names them per row: ``sample_id`` present
-and unique, split known, ids and fields present, mask a decodable COCO RLE covering
-size[0] x size[1] pixels and not empty, bbox of positive size inside the image (the mask's size,
-with a tolerance in pixels).
+and unique, split known, ids and fields present, image_uri safe (no NUL; an s3:// key without
+``..`` or an absolute part: it becomes a path under the image cache), mask a decodable COCO RLE
+covering size[0] x size[1] pixels and not empty, bbox of positive size inside the image (the
+mask's size, with a tolerance in pixels).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def schema_reasons(df: pd.DataFrame, known_splits: tuple[str, ...], bbox_toleran
                    out: list[list[str]]) -> None:
     """Append the schema reasons of every row of ``df`` to ``out`` (one list per row)."""
     _ids_and_fields(df, known_splits, out)
+    _image_uris(df, out)
     heights, widths = _masks(df, out)
     _bboxes(df, heights, widths, bbox_tolerance, out)
 
@@ -74,6 +76,30 @@ def _ids_and_fields(df: pd.DataFrame, known_splits: tuple[str, ...], out: list[l
     for col in ("image_id", "ref_id", "ann_id"):
         for i in np.flatnonzero(df[col].isna().to_numpy()):
             out[i].append(f"missing: {col}")
+
+
+def _image_uris(df: pd.DataFrame, out: list[list[str]]) -> None:
+    """An image_uri must not lead out of the folder it is read or cached into: no NUL byte, and
+    an s3:// key without ``..`` or an absolute part (it becomes ``<cache>/<bucket>/<key>``)."""
+    for i, uri in enumerate(df["image_uri"]):
+        if not isinstance(uri, str) or not uri.strip():
+            continue  # "missing: image_uri" already
+        why = _unsafe_uri(uri)
+        if why:
+            out[i].append(f"unsafe image_uri: {why}")
+
+
+def _unsafe_uri(uri: str) -> str | None:
+    """Why ``uri`` cannot be used safely, or None."""
+    if "\x00" in uri:
+        return f"{uri!r} contains a NUL byte"
+    if not storage.is_s3(uri):
+        return None
+    try:
+        storage.cache_path(uri, "cache")
+    except (storage.UnsafePathError, storage.BadURIError) as exc:
+        return str(exc)
+    return None
 
 
 def _masks(df: pd.DataFrame, out: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:

@@ -123,6 +123,8 @@ class RefDataset:
         groups: dict[tuple[int, str], list[int]] = {}
         for r, (iid, uri) in enumerate(zip(image_ids, uris, strict=True)):
             groups.setdefault((int(iid), str(uri)), []).append(r)
+        for (_, uri), members in groups.items():
+            self._check_image_uri(uri, ids[members[0]])
         self._keys = sorted(groups)
         self._members = [np.asarray(groups[k], dtype=np.int64) for k in self._keys]
         self._tokens = shard["tokens"]
@@ -156,6 +158,16 @@ class RefDataset:
 
     def image_ids(self) -> list[int]:
         return [k[0] for k in self._keys]
+
+    def _check_image_uri(self, uri: str, sample_id: str) -> None:
+        """An s3:// image must have a place inside the image cache (no ``..`` in its key, ...):
+        checked for every image before any is read, the message names a sample."""
+        if not storage.is_s3(uri):
+            return
+        try:
+            storage.cache_path(uri, self.cache_dir)
+        except (storage.UnsafePathError, storage.BadURIError) as exc:
+            raise RefDataError(f"sample {sample_id!r}: image_uri refused: {exc}") from None
 
     def _local_image(self, uri: str) -> str:
         return storage.local_copy(uri, self.cache_dir)

@@ -61,7 +61,10 @@ def join(base: str, *parts: str) -> str:
 
 
 def safe_name(name: str, record: str = "") -> str:
-    """Return ``name`` normalised, refusing absolute paths and ``..`` (path traversal)."""
+    """Return ``name`` normalised, refusing what would leave a root: ``..``, an absolute path
+    (``/x``, ``C:``, ``s3://``), a NUL byte, an empty name or one that names the root itself.
+    Backslashes count as separators (``a\\..\\b`` is ``a/../b``). ``record`` names where the name
+    came from (a sample, a file, an S3 object) in the message."""
     where = f" ({record})" if record else ""
     if not isinstance(name, str) or not name.strip():
         raise UnsafePathError(f"empty file name{where}")
@@ -72,10 +75,16 @@ def safe_name(name: str, record: str = "") -> str:
         raise UnsafePathError(f"file name {name!r} is an absolute path{where}")
     if any(part == ".." for part in norm.split("/")):
         raise UnsafePathError(f"file name {name!r} contains '..' (path traversal){where}")
-    return posixpath.normpath(norm)
+    norm = posixpath.normpath(norm)
+    if norm == ".":
+        raise UnsafePathError(f"file name {name!r} names no file{where}")
+    return norm
 
 
 def safe_join(root: str, name: str, record: str = "") -> str:
+    """``root``/``name`` (local or s3://) for a ``name`` that comes from data (an S3 key, a file
+    name in a dataset, a split): the one way to put such a name under a root. A name that would
+    resolve outside ``root`` raises :class:`UnsafePathError` naming ``record``."""
     return join(root, safe_name(name, record))
 
 
@@ -193,9 +202,8 @@ def copy_tree(src: str, dst: str) -> int:
     src, dst = str(src), str(dst)
     files = list_files(src)
     for f in files:
-        rel = posixpath.relpath(f, src) if is_s3(src) else os.path.relpath(f, src)
-        rel = rel.replace(os.sep, "/")
-        target = join(dst, rel)
+        rel = _relative_key(f, src) if is_s3(src) else os.path.relpath(f, src).replace(os.sep, "/")
+        target = safe_join(dst, rel, record=f"{f} copied from {src}")
         if not is_s3(src) and not is_s3(dst):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, target)
@@ -204,12 +212,32 @@ def copy_tree(src: str, dst: str) -> int:
     return len(files)
 
 
+def _relative_key(uri: str, prefix: str) -> str:
+    """The part of the object ``uri`` below the s3:// ``prefix``, as stored (not normalised: a
+    key with ``..`` stays visible to :func:`safe_join`)."""
+    head = prefix.rstrip("/") + "/"
+    return uri[len(head):] if uri.startswith(head) else uri
+
+
+def cache_path(uri: str, cache_dir: str) -> str:
+    """Where :func:`local_copy` keeps the s3:// ``uri``: ``cache_dir/<bucket>/<key>``. A key that
+    would leave ``cache_dir`` (``..``, NUL) or that is not a plain relative path (an absolute,
+    empty or ``.`` part, a backslash: two keys would share one file) raises
+    :class:`UnsafePathError` naming the URI."""
+    bucket, key = split_s3(uri)
+    rel = safe_name(f"{bucket}/{key}", record=uri)
+    if rel != f"{bucket}/{key}":
+        raise UnsafePathError(f"{uri}: key {key!r} is not a plain relative path (an absolute, "
+                              f"empty or '.' part, or a backslash; it would be cached as {rel!r})")
+    return join(cache_dir, rel)
+
+
 def local_copy(uri: str, cache_dir: str) -> str:
-    """Return a local path for ``uri``: itself if local, else downloaded into ``cache_dir``."""
+    """Return a local path for ``uri``: itself if local, else downloaded into ``cache_dir``
+    (at :func:`cache_path`; never outside ``cache_dir``)."""
     if not is_s3(uri):
         return str(uri)
-    bucket, key = split_s3(uri)
-    target = Path(cache_dir, bucket, key)
+    target = Path(cache_path(uri, cache_dir))
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(read_bytes(uri))

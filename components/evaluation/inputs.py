@@ -1,13 +1,14 @@
 """What the evaluate step reads, and the checks that the checkpoint and the data folder belong
-together: the checkpoint (local or s3://), its language, the vocabulary it was trained on, the
-split's shard and the manifest's expressions (through :class:`TokenizedData`)."""
+together: the checkpoint (local or s3://), its language, the vocabulary it was trained on (size
+and fingerprint), the split's shard and the manifest's expressions (through
+:class:`TokenizedData`)."""
 
 from __future__ import annotations
 
 from components.data import storage
 from components.errors import CheckpointError, InputError, MissingInputError
 from components.text.tokenized import TokenizedData
-from components.text.tokenizer import LANGS
+from components.text.tokenizer import LANGS, check_vocab_fingerprint
 
 
 def load_model(checkpoint: str, cache_dir: str):
@@ -38,13 +39,16 @@ def language(requested: str | None, extra: dict, checkpoint: str) -> str:
     return lang
 
 
-def check_vocabulary(data: TokenizedData, lang: str, vocab_size: int, checkpoint: str) -> None:
-    """The data folder's vocabulary of ``lang`` has the checkpoint's size."""
+def check_vocabulary(data: TokenizedData, lang: str, vocab_size: int, checkpoint: str,
+                     extra: dict) -> None:
+    """The data folder's vocabulary of ``lang`` is the checkpoint's: its size, then its content
+    (the checkpoint's ``vocab_fingerprint``; a checkpoint without one: a warning)."""
     vocab = data.read_vocab(lang)
     if len(vocab) != int(vocab_size):
         raise InputError(f"checkpoint {checkpoint} has a vocabulary of {vocab_size} tokens but "
                          f"{data.vocab_uri(lang)} has {len(vocab)}: the data dir was not "
                          "tokenized with the vocabulary this model was trained on")
+    check_vocab_fingerprint(extra, vocab, checkpoint, data.vocab_uri(lang))
 
 
 def check_split(data: TokenizedData, lang: str, split: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from components.data.names import check_split_name
 from components.errors import ConfigError
 
 ORDER = ("val", "testA", "testB", "test")
@@ -31,12 +32,13 @@ def order_splits(splits: Iterable[str]) -> list[str]:
 
 
 def parse_splits(value: str | Sequence[str] | None) -> list[str]:
-    """``"val,testA"``, ``["val", "testA,testB"]`` or None -> a list of names (empty = all)."""
+    """``"val,testA"``, ``["val", "testA,testB"]`` or None -> a list of names (empty = all); a
+    name that is not a valid split name (:mod:`components.data.names`) is a ConfigError."""
     if value is None:
         return []
     items = [value] if isinstance(value, str) else list(value)
     out = [p.strip() for item in items for p in str(item).split(",") if p.strip()]
-    return list(dict.fromkeys(out))
+    return [check_split_name(p) for p in dict.fromkeys(out)]
 
 
 def evaluated_splits(requested: list[str], available: list[str]) -> list[str]:
@@ -56,8 +58,10 @@ def evaluated_splits(requested: list[str], available: list[str]) -> list[str]:
 
 
 def parse_gate(value: str | None) -> list[str]:
-    """``"testA+testB"`` -> ["testA", "testB"]; None or "" -> [] (the default rule)."""
-    return list(dict.fromkeys(p.strip() for p in (value or "").split(JOIN) if p.strip()))
+    """``"testA+testB"`` -> ["testA", "testB"]; None or "" -> [] (the default rule). A part that
+    is not a valid split name is a ConfigError."""
+    parts = dict.fromkeys(p.strip() for p in (value or "").split(JOIN) if p.strip())
+    return [check_split_name(p, f"gate_split {value!r}: split") for p in parts]
 
 
 def resolve_gate(gate_split: str | None, evaluated: list[str], select_split: str | None, *,

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from components.errors import MissingInputError
 from components.registry.promotion import (
     CHAMPION,
     T_GATE_VALUE,
@@ -114,15 +115,42 @@ def existing_version(client, name: str, run_id: str) -> int | None:
     return None
 
 
-def download_run_model(run_id: str, dst: str, tracking_uri: str) -> tuple[str, str]:
-    """The run's ``checkpoints/best.pt`` and ``tokenizer/`` folder, downloaded under ``dst``."""
-    import mlflow
+def get_run(client, run_id: str, tracking_uri: str):
+    """The run ``run_id``; an id the tracking store does not know is a MissingInputError."""
+    from mlflow.exceptions import MlflowException
 
-    ckpt = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT_CHECKPOINT,
-                                               dst_path=dst, tracking_uri=tracking_uri)
-    tok = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT_TOKENIZER,
-                                              dst_path=dst, tracking_uri=tracking_uri)
-    return ckpt, tok
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise MissingInputError(f"run {run_id!r}: no such run in {tracking_uri} (pass the "
+                                "training run's id, and --tracking-uri or $MLFLOW_TRACKING_URI "
+                                "of its store)") from None
+
+
+def download_run_model(run_id: str, dst: str, tracking_uri: str) -> tuple[str, str]:
+    """The run's ``checkpoints/best.pt`` and ``tokenizer/`` folder, downloaded under ``dst``; a
+    run without them is a MissingInputError."""
+    return (_download(run_id, ARTIFACT_CHECKPOINT, dst, tracking_uri),
+            _download(run_id, ARTIFACT_TOKENIZER, dst, tracking_uri))
+
+
+def _download(run_id: str, artifact: str, dst: str, tracking_uri: str) -> str:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
+                                                   dst_path=dst, tracking_uri=tracking_uri)
+    except (MlflowException, OSError) as exc:
+        folder, _, name = artifact.rpartition("/")
+        listed = mlflow.MlflowClient(tracking_uri).list_artifacts(run_id, folder or None)
+        if name in {f.path.rpartition("/")[2] for f in listed}:
+            raise  # it is there: the download itself failed
+        raise MissingInputError(f"run {run_id} has no artifact {artifact!r} (register takes a "
+                                "run of `refseg train`, which logs checkpoints/best.pt and "
+                                "tokenizer/)") from exc
 
 
 def log_into_run(client, run, tracking_uri: str, log_model: Callable[[], Any]) -> Any:

@@ -27,7 +27,12 @@ from components import codec
 from components.errors import CheckpointError
 from components.serving import model_name
 from components.serving.requests import InputError, decode_image_for, is_missing
-from components.text.tokenizer import LANGS, detect_language, load_tokenizer
+from components.text.tokenizer import (
+    LANGS,
+    check_vocab_fingerprint,
+    detect_language,
+    load_tokenizer,
+)
 from model import ModelConfig, load_checkpoint, predict_batch, prepare_model, select_device
 from model.pixels import convention_of
 
@@ -88,6 +93,19 @@ class Preprocess:
         return path
 
 
+def check_tokenizer(tokenizer, lang: str, vocab_size: int, extra: dict, checkpoint: str,
+                    tokenizer_dir: str) -> None:
+    """The tokenizer's vocabulary of ``lang`` is the one the checkpoint was trained on: its size
+    (else ids past the embedding), then its fingerprint (same size, other words: wrong masks)."""
+    vocab = tokenizer.vocabs[lang]
+    source = f"tokenizer {tokenizer_dir}"
+    if len(vocab) != int(vocab_size):
+        raise InputError(f"checkpoint {checkpoint} has a vocabulary of {vocab_size} tokens but "
+                         f"{source} has {len(vocab)} ({lang}): not the tokenizer this model was "
+                         "trained with")
+    check_vocab_fingerprint(extra, vocab, checkpoint, source)
+
+
 class RefSegPredictor:
     """Checkpoint + tokenizer + preprocessing, no MLflow: what the pyfunc and the CLI share."""
 
@@ -105,6 +123,8 @@ class RefSegPredictor:
                            ).check(cfg, checkpoint)
         # A training run's folder holds its own language's vocabulary: load that one alone.
         self.tokenizer = load_tokenizer(tokenizer_dir, self.preprocess.lang)
+        check_tokenizer(self.tokenizer, self.preprocess.lang, net.vocab_size, extra, checkpoint,
+                        tokenizer_dir)
 
     @property
     def lang(self) -> str:

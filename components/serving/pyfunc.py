@@ -127,11 +127,15 @@ def pip_requirements() -> list[str]:
 
 def pyfunc_kwargs(checkpoint: str, tokenizer_dir: str, lang: str, workdir: str,
                   threshold: float = 0.5) -> dict[str, Any]:
-    """Arguments shared by ``mlflow.pyfunc.log_model`` and ``save_model``."""
-    from components.serving.predictor import Preprocess
+    """Arguments shared by ``mlflow.pyfunc.log_model`` and ``save_model``. The tokenizer must be
+    the checkpoint's (vocabulary size and fingerprint): a mismatched pair is never logged."""
+    from components.serving.predictor import Preprocess, check_tokenizer
+    from components.text.tokenizer import load_tokenizer
     from model.checkpoint import read_checkpoint
 
     payload = read_checkpoint(checkpoint)
+    check_tokenizer(load_tokenizer(tokenizer_dir, lang), lang, payload["vocab_size"],
+                    payload["extra"], checkpoint, tokenizer_dir)
     pre = Preprocess.of_config(lang, payload["config"], threshold)
     os.makedirs(workdir, exist_ok=True)
     pre_path = pre.write(os.path.join(workdir, "preprocess.json"))

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from components.data import storage
+from components.data.names import check_split_name
 from components.errors import InputError, MissingInputError
 from components.text.tokenizer import (
     CONFIG_FILE,
@@ -74,8 +75,7 @@ def _check_lang(lang: str) -> str:
 
 
 def _check_split(split: str) -> str:
-    storage.safe_name(str(split), record=f"split {split!r}")
-    return str(split)
+    return check_split_name(split, error=InputError)
 
 
 class TokenizedData:
@@ -118,7 +118,9 @@ class TokenizedData:
         return self.uri(embeddings_file(_check_lang(lang)))
 
     def shard_uri(self, lang: str, split: str) -> str:
-        return self.uri(SHARDS_DIR, _check_lang(lang), f"{_check_split(split)}.npz")
+        name = f"{_check_split(split)}.npz"
+        return storage.safe_join(self.uri(SHARDS_DIR, _check_lang(lang)), name,
+                                 record=f"split {split!r}")
 
     # ---- readers -----------------------------------------------------------------------------
     def read_manifest(self):

@@ -3,11 +3,17 @@ encodes a request with. It owns its folder's layout (``tokenizer.json``, ``vocab
 ``userdict_zh.txt``): :meth:`Tokenizer.save` writes it, :func:`load_tokenizer` reads it, and
 :meth:`Tokenizer.narrow` keeps one language (a trained model ships only its own).
 
+A vocabulary's content is named by :func:`vocab_fingerprint` (sha256 of the ordered tokens); the
+train step stores it in every checkpoint (``extra["vocab_fingerprint"]``) and
+:func:`check_vocab_fingerprint` compares it wherever a checkpoint meets a vocabulary from
+elsewhere (evaluate's data folder, predict's tokenizer, the registered model's).
+
 Imports only :mod:`components.text.zh` (jieba) and the storage layer: serving loads this module.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -15,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from components.errors import InputError, MissingInputError
+from components.logs import get_logger
 from components.text import zh
 
 LANGS = ("zh", "en")
@@ -22,10 +29,41 @@ PAD, UNK = "<pad>", "<unk>"
 CONFIG_FILE = "tokenizer.json"
 USERDICT_FILE = "userdict_zh.txt"
 VERSION = 1  # tokenizer.json "version"
+FINGERPRINT_KEY = "vocab_fingerprint"  # the checkpoint extra's key
+_WARNED_UNFINGERPRINTED: set[str] = set()  # checkpoints already warned about, once each
 
 
 def vocab_file(lang: str) -> str:
     return f"vocab_{lang}.json"
+
+
+def vocab_fingerprint(vocab: Sequence[str]) -> str:
+    """sha256 (hex) of the ordered vocabulary: equal fingerprints give every word the same id;
+    two vocabularies of one size but other words (or another order) differ."""
+    data = json.dumps(list(vocab), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_vocab_fingerprint(extra: dict, vocab: Sequence[str], checkpoint: str, source: str
+                            ) -> None:
+    """The vocabulary ``vocab`` (read from ``source``) is the one the checkpoint was trained on,
+    by content: a mismatch is an InputError naming both fingerprints (first 12 hex characters).
+    A checkpoint written before fingerprints were stored is let through with a warning, once per
+    checkpoint in a process."""
+    expected = str(extra.get(FINGERPRINT_KEY) or "")
+    if not expected:
+        if checkpoint not in _WARNED_UNFINGERPRINTED:
+            _WARNED_UNFINGERPRINTED.add(checkpoint)
+            get_logger("vocab").warning(
+                "checkpoint %s stores no vocabulary fingerprint (written before they were "
+                "stored): %s is assumed to be its vocabulary, unchecked", checkpoint, source)
+        return
+    got = vocab_fingerprint(vocab)
+    if got != expected:
+        raise InputError(f"checkpoint {checkpoint} was trained on vocabulary {expected[:12]} but "
+                         f"{source} holds vocabulary {got[:12]} ({len(vocab)} tokens): other "
+                         "words or ids; use the tokenize output (or tokenizer folder) the model "
+                         "was trained with")
 
 
 def detect_language(text: str | None) -> str:

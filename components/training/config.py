@@ -9,9 +9,13 @@ go to whichever of :class:`model.ModelConfig` and :class:`TrainConfig` knows the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from components.data.names import RULE as SPLIT_RULE
+from components.data.names import is_split_name
 from components.errors import ConfigError
 
 
@@ -52,9 +56,13 @@ class TrainConfig:
     debug_nan_at_step: int | None = None  # test hook: multiply the loss by NaN at this step
 
     def __post_init__(self) -> None:
+        from model.config import check_field_types
+
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise ConfigError(f"train config: {msg}")
+
+        check_field_types(self, "train config")
 
         need(int(self.steps) >= 1, f"steps must be >= 1, got {self.steps}")
         need(float(self.lr) > 0, f"lr must be > 0, got {self.lr}")
@@ -67,8 +75,8 @@ class TrainConfig:
         need(self.batching == "image" or self.max_expressions_per_image is None,
              "max_expressions_per_image applies to batching: image only (a pair has one "
              "expression); set it to null")
-        need(isinstance(self.select_split, str) and bool(self.select_split.strip()),
-             f"select_split must name a split, got {self.select_split!r}")
+        need(is_split_name(self.select_split),
+             f"select_split {self.select_split!r} is not a valid split name: use {SPLIT_RULE}")
         need(int(self.num_workers) >= 0, "num_workers must be >= 0")
         need(int(self.val_every) >= 1, "val_every must be >= 1")
         need(int(self.resume_every) >= 1, "resume_every must be >= 1")
@@ -141,6 +149,17 @@ def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+@contextmanager
+def _readable(config: str) -> Iterator[None]:
+    """A config file (or a file of its ``base:`` chain) that is not UTF-8 text is a ConfigError
+    naming the config, not a traceback."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {config}: not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                          "a config is a YAML file") from None
+
+
 def load_run_config(config: str, overrides: dict[str, Any] | None = None, seed: int = 0,
                     steps: int | None = None, val_every: int | None = None,
                     deterministic: bool = False):
@@ -153,14 +172,18 @@ def load_run_config(config: str, overrides: dict[str, Any] | None = None, seed: 
 
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     config = str(config)
-    sections = configs.read(config, train_keys=TRAIN_FIELDS)
-    user_file = configs.user_file(config)
-    own = set() if user_file is None else set(
-        configs.read_file(user_file, train_keys=TRAIN_FIELDS)["model"])
+    with _readable(config):
+        sections = configs.read(config, train_keys=TRAIN_FIELDS)
+        user_file = configs.user_file(config)
+        own = set() if user_file is None else set(
+            configs.read_file(user_file, train_keys=TRAIN_FIELDS)["model"])
     model_over: dict[str, Any] = {}
     train_over: dict[str, Any] = _unalias(sections["train"], config)
     for section, what, known in (("model", "ModelConfig", model_fields),
                                  ("train", "training", TRAIN_FIELDS)):
+        odd = [k for k in sections[section] if not isinstance(k, str)]
+        if odd:
+            raise ConfigError(f"{config}: {what} keys are names, got {odd[0]!r}")
         bad = sorted(set(sections[section]) - known)
         if bad:
             raise ConfigError(f"{config}: unknown {what} keys {bad}; known: {sorted(known)}")

@@ -39,7 +39,7 @@ from components.data.refdata import GroupedSampler, PairSampler, RefDataset, col
 from components.errors import ConfigError, InputError, MissingInputError, RefsegError
 from components.provenance import git_commit
 from components.text.tokenized import TokenizedData
-from components.text.tokenizer import vocab_file
+from components.text.tokenizer import FINGERPRINT_KEY, vocab_file, vocab_fingerprint
 from components.training.config import ALIASES, TrainConfig
 from components.training.distributed import Dist
 from components.training.guards import check_trainable
@@ -180,7 +180,8 @@ class Trainer:
     def _word_vectors(self) -> tuple[int, np.ndarray | None]:
         """(vocabulary size, the tokenize step's word vectors or None); they set ``embed_dim``
         unless the user set it."""
-        self.vocab_size = len(self.data.read_vocab(self.lang))
+        vocab = self.data.read_vocab(self.lang)
+        self.vocab_size, self.vocab_fingerprint = len(vocab), vocab_fingerprint(vocab)
         emb = self.data.read_embeddings(self.lang) if self.train_cfg.pretrained_embeddings else None
         self.emb_note = "random"
         if emb is not None:
@@ -345,7 +346,8 @@ class Trainer:
         p.update(config=self.config, lang=self.lang, seed=str(self.seed),
                  world_size=str(self.dist.world), data_dir=self.data.root,
                  data_fingerprint=self.fingerprint, git_commit=git_commit(),
-                 vocab_size=str(self.vocab_size), embeddings=self.emb_note,
+                 vocab_size=str(self.vocab_size), vocab_fingerprint=self.vocab_fingerprint,
+                 embeddings=self.emb_note,
                  train_images=str(len(self.train_ds)),
                  train_expressions=str(self.train_ds.num_expressions),
                  val_images=str(len(self.val_ds) if self.val_ds is not None else 0))
@@ -515,6 +517,7 @@ class Trainer:
     def save_checkpoint(self, name: str, val_overall_iou: float | None) -> None:
         save_checkpoint(str(self.layout.checkpoint(name)), self.model, self.model_cfg,
                         {"lang": self.lang, "vocab": vocab_file(self.lang),
+                         FINGERPRINT_KEY: self.vocab_fingerprint,
                          "data_fingerprint": self.fingerprint, "step": self.steps_done,
                          "val_overall_iou": val_overall_iou, "select_split": self.split})
 
