@@ -8,6 +8,7 @@ progress lines (``[train zh] step ...``). The results come from the pipeline's o
 results step) and from the MLflow registry, never from printed lines."""
 
 import argparse
+import builtins
 import json
 import logging
 import os
@@ -269,12 +270,17 @@ def run_locally(root: Path, verbose: bool, parallel_tasks: int, dag) -> tuple[st
     ensure_experiment(tracking_uri, str(root / "mlartifacts"))
     log_path = root / "pipeline.log"
     t0 = time.time()
+    # kfp.local indents print() while a task runs by swapping builtins.print; two ParallelFor
+    # branches in threads restore each other's swap, so one indenting print can outlive the run
+    print_before = builtins.print
     with _ThreadShare(parallel_tasks), _Tee(str(log_path), verbose):
         try:
             output = dag(tracking_uri)
         except RuntimeError as exc:  # kfp.local names the task that failed
             raise PipelineFailedError(f"pipeline failed after {time.time() - t0:.0f} s: {exc} "
                                       f"(full log with the task's traceback: {log_path})") from exc
+        finally:
+            builtins.print = print_before
     return output, {"seconds": round(time.time() - t0, 1), "tracking_uri": tracking_uri,
                     "log": str(log_path), "root": str(root)}
 

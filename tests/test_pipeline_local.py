@@ -82,3 +82,29 @@ def test_a_failed_task_is_one_line_naming_the_log(tmp_path):
     assert last.startswith("refseg: error: pipeline failed") and "pipeline.log" in last
     assert "check-translations" in last
     assert "Traceback" in (root / "pipeline.log").read_text()
+
+
+def test_run_locally_leaves_print_as_it_found_it(tmp_path, monkeypatch):
+    """kfp.local swaps builtins.print while a task runs; two ParallelFor branches in threads can
+    leave one indenting swap behind (a later 'refseg: error:' line then starts with spaces).
+    run_locally puts back the print it found, also when the DAG fails."""
+    import builtins
+
+    from pipelines.local_run import PipelineFailedError, run_locally
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    before = builtins.print
+
+    def leaves_a_swap(uri):
+        builtins.print = lambda *a, **k: before("    ", *a, **k)
+        return "done"
+
+    def fails(uri):
+        builtins.print = lambda *a, **k: None
+        raise RuntimeError("task 'x' failed")
+
+    assert run_locally(tmp_path / "a", False, 1, leaves_a_swap)[0] == "done"
+    assert builtins.print is before
+    with pytest.raises(PipelineFailedError, match="task 'x' failed"):
+        run_locally(tmp_path / "b", False, 1, fails)
+    assert builtins.print is before
