@@ -277,9 +277,10 @@ def test_shuffled_expressions_score_clearly_below_true_ones(evaluated, trained):
     print(f"sanity: true {true:.4f}, shuffled {shuffled:.4f}, train {trained['seconds']:.1f} s, "
           f"evaluate {evaluated['seconds']:.1f} s")
     assert s["images_used"] > 0 and s["n_samples"] > 0
-    # ~45 s of CPU training reaches a modest val IoU (about 0.07 on this set); what matters is
-    # that swapping the expressions among the objects of each image destroys most of it
-    assert true > 0.03, f"the trained model is too weak to test: {s}"
+    # ~45 s of CPU training reaches a modest val IoU (0.07 on one 2-core CPU, 0.025 on an
+    # AVX2-only AMD EPYC: the trajectory follows the CPU's float kernels); what matters is that
+    # swapping the expressions among the objects of each image destroys most of it
+    assert true > 0.02, f"the trained model is too weak to test: {s}"
     assert shuffled < 0.5 * true, s
     assert s["uses_language"] is True and "uses the language" in s["message"]
     val = doc["per_split"]["val"]["sanity"]

@@ -254,6 +254,9 @@ def registry(tmp_path, monkeypatch):
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # a step run in this process earlier (evaluate, register) set MLflow's process-wide URI,
+    # which wins over the environment: point it here for this test only
+    monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", uri)
     client = mlflow.MlflowClient(uri, uri)
     client.create_registered_model("bilingual-refseg-zh")
     exp = client.create_experiment("bilingual-refseg", artifact_location=(tmp_path / "a").as_uri())
