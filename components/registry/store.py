@@ -72,8 +72,13 @@ def champion_or_none(client, name: str) -> int | None:
 
 def converge(client, name: str, max_rounds: int = 40, pause_s: float = 0.05
              ) -> tuple[int | None, dict[int, tuple[str, str]]]:
-    """Compare-and-set loop: move the alias until a read shows it on the fold's target."""
+    """Compare-and-set loop: move the alias until a read shows it on the fold's target. Two
+    writers setting the alias at the same instant can make the store refuse one of them (a SQL
+    store's unique key on the alias row): that writer re-reads and tries again."""
+    from mlflow.exceptions import MlflowException
+
     rng = random.Random(os.getpid() ^ time.time_ns())
+    last_error: MlflowException | None = None
     for _ in range(max_rounds):
         raw = versions(client, name)
         ours = {v: info for v, tags in raw if (info := VersionInfo.from_tags(v, tags))}
@@ -88,9 +93,13 @@ def converge(client, name: str, max_rounds: int = 40, pause_s: float = 0.05
             return current, decisions  # none, or a champion set by hand: left alone
         if current == target:
             return target, decisions
-        client.set_registered_model_alias(name, CHAMPION, str(target))
+        try:
+            client.set_registered_model_alias(name, CHAMPION, str(target))
+        except MlflowException as exc:  # a concurrent write of the same alias row
+            last_error = exc
         time.sleep(pause_s * (1 + rng.random()))  # let a concurrent writer land, then re-read
-    raise RuntimeError(f"{name}: champion alias did not settle after {max_rounds} rounds")
+    detail = f" (last store error: {last_error})" if last_error is not None else ""
+    raise RuntimeError(f"{name}: champion alias did not settle after {max_rounds} rounds{detail}")
 
 
 # ------------------------------------------------------------------------------------------------
