@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +246,43 @@ def test_an_old_checkpoint_without_fingerprint_warns_once_and_goes_on(vocab_pair
 
 
 # ------------------------------------------------------------------------------------------------
+# 2b. a tokenize folder without its word vectors or its validation split: an error, unless the
+# config asks for random embeddings or no validation explicitly
+@pytest.fixture(scope="module")
+def stripped_data(data_dir, tmp_path_factory):
+    """The tokenize folder without ``embeddings_zh.npy`` and without the zh ``val`` shard."""
+    dst = tmp_path_factory.mktemp("stripped") / "tok"
+    shutil.copytree(data_dir, dst)
+    (dst / "embeddings_zh.npy").unlink()
+    (dst / "shards" / "zh" / "val.npz").unlink()
+    return dst
+
+
+@pytest.mark.parametrize("sets,words", [
+    ([], ["embeddings_zh.npy is missing", "train.pretrained_embeddings=false"]),
+    (["pretrained_embeddings=false"],
+     ["select_split 'val'", "no samples of that split", "train.select_split=null"]),
+], ids=["no-embeddings", "no-val-shard"])
+def test_train_refuses_a_folder_missing_vectors_or_validation(stripped_data, tmp_path, capsys,
+                                                               sets, words):
+    flags = [x for kv in sets for x in ("--set", kv)]
+    rc = main(["train", "--data", str(stripped_data), "--lang", "zh", "--config", "small",
+               "--out", str(tmp_path / "run"), "--set", "steps=1", *flags])
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 1 and all(w in line for w in words), line
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+
+
+def test_train_without_vectors_and_validation_when_asked(stripped_data, tmp_path, capsys):
+    rc = main(["train", "--data", str(stripped_data), "--lang", "zh", "--config", "small",
+               "--out", str(tmp_path / "run"), "--set", "steps=1", "--set", "num_workers=0",
+               "--set", "pretrained_embeddings=false", "--set", "select_split=null"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 1, summary
+
+
+# ------------------------------------------------------------------------------------------------
 # 3. a user's mistake with a model URI, a run id or a config file: one line, exit 1
 @pytest.fixture()
 def registry(tmp_path, monkeypatch):
@@ -313,6 +351,38 @@ def test_a_malformed_config_file_is_one_line(data_dir, tmp_path, capsys, content
     line = _one_error_line(capsys.readouterr().err)
     assert rc == 1 and words in line, line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_foreign_parquet_exits_1_every_time(tmp_path):
+    """A Parquet file that is not a manifest (a frame a user wrote with pandas, no schema
+    metadata): one error line and exit 1 in every run, never an abort at exit (134) from an Arrow
+    I/O thread releasing Python memory while the interpreter finalizes."""
+    import subprocess
+
+    import pandas as pd
+
+    foreign = tmp_path / "foreign.parquet"
+    pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}).to_parquet(foreign)
+    code = "import sys; from pipelines.cli import main; sys.exit(main())"
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", code, "check-translations", "--manifest",
+                               str(foreign), "--out", str(tmp_path / "out")],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1, proc.stderr
+        assert "foreign.parquet" in _one_error_line(proc.stderr)
+
+
+def test_parquet_table_reads_from_its_own_copy():
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table({"x": [1, 2, 3]}), buf)
+    data = buf.getvalue().to_pybytes()
+    before = sys.getrefcount(data)
+    table = mf.parquet_table(data)
+    assert table.column("x").to_pylist() == [1, 2, 3]
+    assert sys.getrefcount(data) == before  # nothing of Arrow's holds the caller's bytes
 
 
 def test_one_line_joins_a_multi_line_message():

@@ -11,8 +11,6 @@ mask's size, with a tolerance in pixels).
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
 
@@ -26,14 +24,13 @@ def read_raw(uri: str):
     """(pyarrow table, DataFrame) of a manifest whose header and column types are right; row-level
     faults (duplicate ids, bad masks) are left for the schema check."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError as exc:
         raise MissingInputError(str(exc)) from None
     try:
-        table = pq.read_table(io.BytesIO(data))
+        table = mf.parquet_table(data)
     except pa.ArrowInvalid as exc:
         raise mf.ManifestError(f"{uri}: not a Parquet file ({exc})") from None
     version = (table.schema.metadata or {}).get(mf.SCHEMA_VERSION_KEY)

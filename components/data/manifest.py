@@ -170,10 +170,25 @@ def write_manifest(df: pd.DataFrame, uri: str) -> str:
     return uri
 
 
+def parquet_table(data: bytes) -> pa.Table:
+    """A Parquet file's bytes as a table, read from Arrow-owned memory without pre-buffering.
+
+    Reading a Python object (``io.BytesIO``, ``bytes``) lets Arrow's I/O threads hold buffers
+    that wrap Python memory; with pre-buffering on, the last of them can be released on an I/O
+    thread after ``read_table`` returned. When the process exits right after (a refused manifest:
+    one error line, exit 1), that thread asks for the GIL while the interpreter finalizes, is
+    ended by ``pthread_exit`` inside C++ code and the process aborts ("terminate called without
+    an active exception", exit 134). A copy into an Arrow buffer and no pre-buffer: no Python
+    memory crosses a thread, and a manifest is small."""
+    owned = pa.allocate_buffer(len(data))
+    np.frombuffer(owned, dtype=np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+    return pq.read_table(pa.BufferReader(owned), pre_buffer=False)
+
+
 def read_manifest(uri: str) -> pd.DataFrame:
     """Read and validate a manifest from a local path or s3:// uri."""
     try:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+        table = parquet_table(storage.read_bytes(uri))
     except pa.ArrowInvalid as exc:
         raise ManifestError(f"{uri}: not a Parquet file ({exc})") from None
     return from_table(table, source=uri)

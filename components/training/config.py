@@ -45,12 +45,14 @@ class TrainConfig:
     num_workers: int = 4  # DataLoader worker processes (0 = in the main process)
     memory_cache: bool = True  # keep decoded, resized images in memory (per worker)
     val_every: int = 5000
-    select_split: str = "val"  # the split validated on during training; selects best.pt
+    select_split: str | None = "val"  # the split validated on during training; selects best.pt
+    # (null = train without validation, explicitly; a missing split is an error)
     val_max_images: int | None = None  # None = the whole split
     val_batch_images: int = 8
     resume_every: int = 1000
     log_every: int = 20  # MLflow metric flush and progress update period (steps)
-    pretrained_embeddings: bool = True  # embeddings_{lang}.npy from tokenize (sets embed_dim)
+    pretrained_embeddings: bool = True  # embeddings_{lang}.npy from tokenize (sets embed_dim);
+    # a missing file is an error; false = random embeddings, explicitly
     sync_bn: bool = True  # SyncBatchNorm under DDP on GPU (CPU/gloo has none)
     deterministic: bool = False
     debug_nan_at_step: int | None = None  # test hook: multiply the loss by NaN at this step
@@ -75,7 +77,7 @@ class TrainConfig:
         need(self.batching == "image" or self.max_expressions_per_image is None,
              "max_expressions_per_image applies to batching: image only (a pair has one "
              "expression); set it to null")
-        need(is_split_name(self.select_split),
+        need(self.select_split is None or is_split_name(self.select_split),
              f"select_split {self.select_split!r} is not a valid split name: use {SPLIT_RULE}")
         need(int(self.num_workers) >= 0, "num_workers must be >= 0")
         need(int(self.val_every) >= 1, "val_every must be >= 1")
@@ -99,7 +101,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @property
-    def val_split(self) -> str:
+    def val_split(self) -> str | None:
         """The old name of ``select_split``."""
         return self.select_split
 

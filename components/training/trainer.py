@@ -183,7 +183,11 @@ class Trainer:
         vocab = self.data.read_vocab(self.lang)
         self.vocab_size, self.vocab_fingerprint = len(vocab), vocab_fingerprint(vocab)
         emb = self.data.read_embeddings(self.lang) if self.train_cfg.pretrained_embeddings else None
-        self.emb_note = "random"
+        self.emb_note = "random (pretrained_embeddings: false)"
+        if self.train_cfg.pretrained_embeddings and emb is None:
+            raise InputError(f"{self.data.embeddings_uri(self.lang)} is missing: the tokenize "
+                             "step writes it (rerun tokenize), or set "
+                             "train.pretrained_embeddings=false to train with random embeddings")
         if emb is not None:
             if emb.shape[0] != self.vocab_size:
                 raise InputError(f"{self.data.embeddings_uri(self.lang)} has {emb.shape[0]} rows "
@@ -235,21 +239,25 @@ class Trainer:
             self.log.info("zoom-out: each item shrunk by a factor in [%.2f, 1]", 1 - cfg.zoom_out)
 
     def _select_dataset(self) -> RefDataset | None:
-        """The ``select_split`` dataset; None (no validation) when the default ``val`` split is
-        missing or empty; another split that is missing or empty is a config error."""
-        cfg = self.train_cfg
-        split = cfg.select_split
+        """The ``select_split`` dataset; None (no validation) only when the config says
+        ``select_split: null``: a split that is missing or empty is an error, since best.pt would
+        be chosen on nothing."""
+        split = self.train_cfg.select_split
+        if split is None:
+            self.log.warning("select_split is null: no validation; best.pt is the last weights")
+            return None
         try:
             ds = RefDataset(self.data, self.lang, split, self.model_cfg.input_size,
-                            cache_dir=str(self.layout.cache), memory_cache=cfg.memory_cache,
+                            cache_dir=str(self.layout.cache),
+                            memory_cache=self.train_cfg.memory_cache,
                             fit=InputFit.of(self.model_cfg))
         except FileNotFoundError:
             ds = None
-        if ds is not None and len(ds) == 0:
-            ds = None
-        if ds is None and split != "val":
+        if ds is None or len(ds) == 0:
             raise ConfigError(f"select_split {split!r}: {self.data.root} has no samples of that "
-                              f"split for language {self.lang!r}")
+                              f"split for language {self.lang!r} (tokenize a {split!r} split, "
+                              "choose another with train.select_split=<split>, or set "
+                              "train.select_split=null to train without validation)")
         return ds
 
     def _model(self, vocab_size: int, emb: np.ndarray | None) -> None:

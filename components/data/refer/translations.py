@@ -14,9 +14,9 @@ from collections import defaultdict
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from components.data import storage
+from components.data.manifest import parquet_table
 from components.data.refer.layout import ReferImportError
 from components.data.refer.quarantine import Problem, Quarantine
 from components.data.refer.values import as_id
@@ -70,7 +70,7 @@ def _read_table(uri: str, fmt: str, data: bytes) -> tuple[pd.DataFrame, list[tup
             return df.map(lambda v: v.encode("latin-1") if isinstance(v, str) else v), []
         if fmt == "jsonl":
             return _read_jsonl(data)
-        return pq.read_table(io.BytesIO(data)).to_pandas(), []
+        return parquet_table(data).to_pandas(), []
     except (ValueError, pa.ArrowInvalid, pd.errors.ParserError) as exc:
         raise ReferImportError(f"{uri}: cannot read the {fmt} translation table ({exc})") from None
 
