@@ -25,13 +25,20 @@ TRAIN_MEMORY = "48G"
 MLFLOW_CLIENT_LABEL = ("refseg.io/mlflow-client", "true")
 S3_SECRET = "refseg-s3-credentials"
 S3_MOUNT = "/home/refseg/.aws"
+# The image's user (Dockerfile: APP_UID); a step's container may not run as root.
+STEP_UID = 10001
 
 
 def _on_cluster(task):
-    """Pod label and S3 secret volume for a step; kfp.local ignores both."""
+    """Pod label, S3 secret volume and a non-root identity for a step; kfp.local ignores them.
+    The KFP backend adds allowPrivilegeEscalation=false, drops every capability and sets the
+    RuntimeDefault seccomp profile itself; kfp-kubernetes cannot set readOnlyRootFilesystem
+    (docs/reliability.md, "Cluster hardening")."""
     kubernetes.add_pod_label(task, *MLFLOW_CLIENT_LABEL)
     kubernetes.use_secret_as_volume(task, secret_name=S3_SECRET, mount_path=S3_MOUNT,
                                     optional=True)
+    kubernetes.set_security_context(task, run_as_user=STEP_UID, run_as_group=STEP_UID,
+                                    run_as_non_root=True)
     return task
 
 

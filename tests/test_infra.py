@@ -406,12 +406,42 @@ def test_network_policies_admit_only_the_intended_peers(rendered):
     assert pg_from == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}}]
     assert pg_ports == [5432]
     assert objs[("NetworkPolicy", "postgres")]["spec"]["egress"] == []
-    # Every pod this platform runs is selected by some policy.
-    selectors = [np["spec"]["podSelector"]["matchLabels"] for (k, _), np in objs.items()
-                 if k == "NetworkPolicy"]
+    # Nothing is open unless a policy opens it: one policy selects every pod, for both ways.
+    deny = objs[("NetworkPolicy", "default-deny")]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    # Every pod this platform runs is selected by some policy that opens its paths.
+    selectors = [np["spec"]["podSelector"]["matchLabels"] for (k, name), np in objs.items()
+                 if k == "NetworkPolicy" and name != "default-deny"]
     for doc, _ in _pod_specs(rendered["prod"]):
         labels = doc["spec"]["template"]["metadata"]["labels"]
         assert any(sel.items() <= labels.items() for sel in selectors), doc["metadata"]["name"]
+
+
+def test_egress_under_default_deny_reaches_only_what_each_pod_needs(rendered):
+    """MLflow reaches PostgreSQL, MinIO and DNS; the clients (steps, PyTorchJob pods) reach
+    MLflow, MinIO, DNS, the KFP services and HTTPS, and accept nothing; training pods reach one
+    another."""
+    objs = _by_kind_name(rendered["prod"])
+
+    def egress(name):
+        spec = objs[("NetworkPolicy", name)]["spec"]
+        assert "Egress" in spec["policyTypes"], name
+        return [([p.get("podSelector", p.get("namespaceSelector")) for p in rule.get("to", [])],
+                 sorted(p["port"] for p in rule.get("ports", []))) for rule in spec["egress"]]
+
+    def name(app):
+        return {"matchLabels": {"app.kubernetes.io/name": app}}
+
+    dns = ([{"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}], [53, 53])
+    assert egress("mlflow") == [([name("postgres")], [5432]), ([name("minio")], [9000]), dns]
+    clients = objs[("NetworkPolicy", "mlflow-clients")]["spec"]
+    assert clients["podSelector"] == {"matchLabels": {"refseg.io/mlflow-client": "true"}}
+    assert clients["ingress"] == []
+    assert egress("mlflow-clients") == [
+        ([name("mlflow")], [5000]), ([name("minio")], [9000]), dns,
+        ([{"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}}], []), ([], [443, 6443])]
+    assert egress("refseg-train") == [([name("refseg-train")], [])]
+    assert egress("postgres") == [] and egress("minio") == []
 
 
 def test_mlflow_server_uses_postgres_and_s3(rendered):

@@ -188,3 +188,24 @@ def test_every_step_is_an_mlflow_client_with_the_s3_secret(compiled):
         assert vol["secretName"] == "refseg-s3-credentials"
         assert vol["mountPath"] == "/home/refseg/.aws"
         assert vol["optional"] is True
+
+
+def test_every_step_runs_as_the_images_non_root_user(compiled):
+    """Each step's container runs as the Dockerfile's APP_UID, never root (kfp-kubernetes
+    securityContext); the ablation DAG's steps too."""
+    import re
+    from pathlib import Path
+
+    from pipelines.compile import compile_pipeline
+
+    uid = int(re.search(r"^ARG APP_UID=(\d+)$", Path("Dockerfile").read_text(), re.M).group(1))
+    path, _ = compiled
+    ablation = path.with_name("ablation.yaml")
+    compile_pipeline(str(ablation), image="registry.example/refseg:test", pipeline="ablation")
+    for spec in (path, ablation):
+        platform = next(d for d in yaml.safe_load_all(spec.read_text()) if "platforms" in d)
+        execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        assert execs
+        for name, cfg in execs.items():
+            assert cfg["securityContext"] == {"runAsUser": str(uid), "runAsGroup": str(uid),
+                                              "runAsNonRoot": True}, name
