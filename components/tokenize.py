@@ -18,7 +18,9 @@ languages pass, so the manifest and every language's shards hold the same rows i
 The output folder (read by the train step) is :class:`components.text.tokenized.TokenizedData`:
 kept manifest, vocabularies, embeddings, shards per language and split, the tokenizer
 (:mod:`components.text.tokenizer`), the quarantine and a summary (counts, Table 1 lengths,
-truncation, vocab sizes, coverage, timings).
+truncation, vocab sizes, coverage, timings), and last the completion marker
+(:mod:`components.data.outputs`) that train and evaluate check. Files of the folder's layout that
+this run does not write (another language's, a split no longer there) are removed.
 """
 
 from __future__ import annotations
