@@ -262,8 +262,8 @@ def copy_tree(src: str, dst: str) -> int:
 def _relative_key(uri: str, prefix: str) -> str:
     """The part of the object ``uri`` below the s3:// ``prefix``, as stored (not normalised: a
     key with ``..`` stays visible to :func:`safe_join`)."""
-    head = prefix.rstrip("/") + "/"
-    return uri[len(head):] if uri.startswith(head) else uri
+    base = prefix.rstrip("/") + "/"
+    return uri[len(base):] if uri.startswith(base) else uri
 
 
 def cache_path(uri: str, cache_dir: str) -> str:
@@ -299,7 +299,8 @@ def local_copy(uri: str, cache_dir: str) -> str:
     if _still_verified(target):
         return str(target)
     record = Path(cache_dir, ETAG_DIR, *target.relative_to(cache_dir).parts)
-    if not _cached_copy_matches(target, record, head(uri)):
+    if not (target.is_file() and record.is_file()
+            and _cached_copy_matches(target, record, head(uri))):
         data, etag = _get_object(uri)
         _write_atomic(target, data)
         _write_atomic(record, json.dumps({"uri": uri, "etag": etag, "size": len(data),
