@@ -69,6 +69,7 @@ def test_marker_lists_the_files_and_the_reader_refuses_what_it_does_not_vouch_fo
     # the train step refuses it on one line, before reading anything else
     from pipelines.cli import main
 
+    capsys.readouterr()  # the tokenize step's log lines
     rc = main(["train", "--data", str(out), "--lang", "en", "--config", "small",
                "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
