@@ -110,6 +110,8 @@ def test_retokenizing_one_language_removes_the_other(where, tmp_path, request):
                                                                             "_en.npy"))], names
     marker = json.loads(storage.read_bytes(storage.join(out, MARKER)))
     assert set(marker["files"]) == names - {MARKER}
+    if where == "local":
+        assert not (tmp_path / "t" / "shards" / "en").exists()
     data = TokenizedData.checked(out)
     assert data.tokenizer().langs == ("zh",)
     # a stale shard put back by hand is not read as a split: the folder is refused

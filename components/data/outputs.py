@@ -231,7 +231,7 @@ class StepOutput:
         self._previous = self._previous_files()
         storage.delete(os.path.join(self.local, MARKER))
         for rel in self._stale(_listing(self.local), keep=set()):
-            os.unlink(os.path.join(self.local, *rel.split("/")))
+            _remove_local(Path(self.local), rel)
         self._before = {rel: _signature(Path(self.local, *rel.split("/")))
                         for rel in _listing(self.local)}
 
@@ -289,6 +289,19 @@ class StepOutput:
         """Files of the earlier run or of the step's layout that this run did not write."""
         return sorted(rel for rel in present if rel not in keep and rel != MARKER and (
             rel in self._previous or (self.owns is not None and self.owns(rel))))
+
+
+def _remove_local(root: Path, rel: str) -> None:
+    """Remove ``root/rel``, then the folders it leaves empty (not ``root``)."""
+    path = root.joinpath(*rel.split("/"))
+    path.unlink()
+    for parent in path.parents:
+        if parent == root or not parent.is_relative_to(root):
+            break
+        try:
+            parent.rmdir()
+        except OSError:  # not empty
+            break
 
 
 def _signature(path: Path) -> tuple:
