@@ -96,7 +96,7 @@ def check_manifest(opts: CheckOptions) -> dict:
     gate = Gate(len(outcome.bad_idx), len(df), opts.max_fail_rate)
     messages = outcome.messages(df["sample_id"])
 
-    with staged_output(opts.out_dir, prefix="check-") as local_out:
+    with staged_output(opts.out_dir, prefix="check-", step="check-translations") as local_out:
         log.info("validating with Great Expectations (suite %r, Data Docs)", SUITE)
         t0 = time.perf_counter()
         gx_result = run_great_expectations(messages, local_out, CHECK_DESCRIPTIONS)

@@ -139,7 +139,7 @@ def _load(opts: EvaluateOptions, cache: str) -> _Loaded:
     """Load the checkpoint and the data, check them, resolve the splits and the gate."""
     model, cfg, extra = inputs.load_model(opts.checkpoint, cache)
     lang = inputs.language(opts.lang, extra, opts.checkpoint)
-    data = TokenizedData(opts.data_dir)
+    data = TokenizedData.checked(opts.data_dir)  # its completion marker vouches for it
     inputs.check_vocabulary(data, lang, model.vocab_size, opts.checkpoint, extra)
     for s in opts.splits:
         inputs.check_split(data, lang, s)
@@ -209,7 +209,7 @@ def evaluate(checkpoint: str | EvaluateOptions, data_dir: str | None = None,
             else EvaluateOptions(checkpoint, data_dir, **options))
     params, timings, t_start = opts.crf_settings(), Timings(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="refseg-eval-") as work, \
-            storage.staged_output(opts.out_dir, prefix="refseg-eval-") as out:
+            storage.staged_output(opts.out_dir, prefix="refseg-eval-", step="evaluate") as out:
         with timings.measure("load_s"):
             ld = _load(opts, os.path.join(work, "cache"))
         log = get_logger("evaluate", ld.lang)

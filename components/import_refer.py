@@ -115,7 +115,7 @@ def import_dataset(opts: ImportReferOptions) -> dict:
     })
     summary["outputs"] = output_uris(opts.out_dir)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
-    with staged_output(opts.out_dir, prefix="refer-") as folder:
+    with staged_output(opts.out_dir, prefix="refer-", step="import-refer") as folder:
         write_outputs(folder, records, summary)
     c = summary["counts"]["sentence"]
     log.info("%d of %d expressions kept (%d quarantined) -> %s", c["kept"], c["in"],

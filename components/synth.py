@@ -48,7 +48,7 @@ def generate(
     final_root = str(out_dir)
     rows: list[dict] = []
     n_objects = 0
-    with storage.staged_output(final_root, prefix="synth-") as local_root:
+    with storage.staged_output(final_root, prefix="synth-", step="synth") as local_root:
         os.makedirs(os.path.join(local_root, "images"), exist_ok=True)
         for image_id in range(n_images):
             scene = render_scene(rng, image_size)

@@ -18,7 +18,9 @@ languages pass, so the manifest and every language's shards hold the same rows i
 The output folder (read by the train step) is :class:`components.text.tokenized.TokenizedData`:
 kept manifest, vocabularies, embeddings, shards per language and split, the tokenizer
 (:mod:`components.text.tokenizer`), the quarantine and a summary (counts, Table 1 lengths,
-truncation, vocab sizes, coverage, timings).
+truncation, vocab sizes, coverage, timings), and last the completion marker
+(:mod:`components.data.outputs`) that train and evaluate check. Files of the folder's layout that
+this run does not write (another language's, a split no longer there) are removed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from components.data import storage
 from components.data.manifest import TEXT_COLUMN
 from components.data.names import RULE as SPLIT_RULE
 from components.data.names import is_split_name
+from components.data.outputs import check_file, step_output
 from components.errors import ConfigError, InputError, MissingInputError
 from components.logs import get_logger
 from components.text import zh
@@ -45,7 +48,7 @@ from components.text.checks import (
     check_texts,
     tokenize_texts,
 )
-from components.text.tokenized import TokenizedData, file_names
+from components.text.tokenized import STEP, SUMMARY_FILE, TokenizedData, file_names, owned
 from components.text.tokenizer import (
     LANGS,
     PAD,
@@ -135,6 +138,7 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
     t_start, timings = time.perf_counter(), _Timings()
     opts.check()
     with timings("read_manifest_s"):
+        check_file(opts.manifest)  # a manifest beside a marker must be the one it lists
         df = mf.read_manifest(opts.manifest)
     _check_split_names(df, opts.manifest)
     if "train" not in set(df["split"]):
@@ -160,8 +164,8 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
     summary = _summary_head(opts, screen, kept)
 
     # 2. vocabularies, encoded shards, word vectors; 3. the rest of the folder
-    with storage.staged_output(opts.out, prefix="refseg-tokenize-") as local:
-        data = TokenizedData(local)
+    with step_output(opts.out, STEP, prefix="refseg-tokenize-", owns=owned) as out:
+        data = TokenizedData(out.local)
         vocabs, vectors = {}, {}
         for g in opts.langs:
             vocabs[g], vectors[g], summary["langs"][g] = _language(data, g, tokens[g], kept, opts,
@@ -174,12 +178,15 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
             config = _tokenizer_config(opts, vectors, summary["langs"])
             data.save_tokenizer(Tokenizer(config, vocabs, userdict))
         t_upload = time.perf_counter()
-    if storage.is_s3(opts.out):
-        timings["upload_s"] = time.perf_counter() - t_upload
-    summary["config"] = {k: config[k] for k in ("max_len", "min_count", "seed", "max_token_chars")}
-    timings["total_s"] = time.perf_counter() - t_start
-    summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
-    TokenizedData(opts.out).write_summary(summary)
+        out.publish()
+        if storage.is_s3(opts.out):
+            timings["upload_s"] = time.perf_counter() - t_upload
+        summary["config"] = {k: config[k] for k in ("max_len", "min_count", "seed",
+                                                    "max_token_chars")}
+        timings["total_s"] = time.perf_counter() - t_start
+        summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        TokenizedData(opts.out).write_summary(summary)
+        out.add(SUMMARY_FILE)  # then the marker, last
     rows = summary["rows"]
     log.info(f"kept {rows['kept']} of {rows['in']} rows ({rows['quarantined']} quarantined) in "
              f"{timings['total_s']:.1f} s -> {opts.out}")

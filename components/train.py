@@ -79,6 +79,7 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
     t_start = time.perf_counter()
     log = logs.get_logger("train", opts.lang)
     opts.check()
+    data = TokenizedData.checked(str(opts.data))  # its completion marker vouches for it
     model_cfg, train_cfg, explicit = load_run_config(
         opts.config, opts.overrides, opts.seed, opts.steps, opts.val_every, opts.deterministic)
     if train_cfg.deterministic:
@@ -89,7 +90,7 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
     device = select_device(dist)
     dist.setup(device.type)
     try:
-        trainer = Trainer(TokenizedData(str(opts.data)), opts.lang, model_cfg, train_cfg,
+        trainer = Trainer(data, opts.lang, model_cfg, train_cfg,
                           out=Path(opts.out), seed=opts.seed, config=str(opts.config),
                           explicit=explicit, tracking_uri=opts.tracking_uri, dist=dist,
                           device=device, t_start=t_start, parent_run_id=opts.parent_run_id)

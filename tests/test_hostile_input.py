@@ -165,6 +165,9 @@ def vocab_pair(data_dir, tmp_path_factory):
     swapped[2], swapped[3] = swapped[3], swapped[2]
     (other / "vocab_zh.json").write_text(json.dumps(swapped, ensure_ascii=False),
                                          encoding="utf-8")
+    from components.data.outputs import seal
+
+    seal(str(other), "tokenize")  # a whole tokenize output, not a damaged one
     return {"data": str(data_dir), "other": str(other),
             "fp": vocab_fingerprint(vocab), "other_fp": vocab_fingerprint(swapped),
             "ckpt": _tiny_checkpoint(root / "best.pt", vocab,

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from components.registry.promotion import VersionInfo, decide
+from tests.servers import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -77,22 +78,6 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> N
     raise TimeoutError(f"{url} not up after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop a server started in its own session, with the workers it spawned."""
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    try:  # stragglers of the group (uvicorn workers)
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(5)
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(s3_endpoint, tmp_path_factory):
     """``mlflow server`` on a free port: SQLite backend, artifacts in s3://refseg-registry."""
@@ -108,9 +93,7 @@ def mlflow_server(s3_endpoint, tmp_path_factory):
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     # no background job runner (huey workers): nothing here uses server-side jobs
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=tmp,
-                                start_new_session=True)
+    proc = start_server(cmd, log, env=env, cwd=tmp)  # dies with pytest, however it ends
     uri = f"http://127.0.0.1:{port}"
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     try:
@@ -122,7 +105,7 @@ def mlflow_server(s3_endpoint, tmp_path_factory):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = saved
-        _stop(proc)
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -573,11 +556,8 @@ def test_rest_serving(mlflow_server, zh_champion, tmp_path):
     # the scoring server is started as `uvicorn ...` through PATH: the venv's bin must be on it
     env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow_server,
                PATH=os.pathsep.join([str(Path(PY).parent), os.environ.get("PATH", "")]))
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([MLFLOW, "models", "serve", "-m", zh_champion, "--env-manager",
-                                 "local", "-h", "127.0.0.1", "-p", str(port)], env=env,
-                                stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path,
-                                start_new_session=True)
+    proc = start_server([MLFLOW, "models", "serve", "-m", zh_champion, "--env-manager", "local",
+                         "-h", "127.0.0.1", "-p", str(port)], log, env=env, cwd=tmp_path)
     try:
         _wait_http(f"http://127.0.0.1:{port}/ping", proc, 150, log)
         body = {"dataframe_split": {"columns": ["image", "text", "lang"],
@@ -605,7 +585,7 @@ def test_rest_serving(mlflow_server, zh_champion, tmp_path):
             urllib.request.urlopen(req, timeout=60)
         assert "row 0: image cannot be decoded" in err.value.read().decode()
     finally:
-        _stop(proc)
+        stop_server(proc)
 
 
 def test_predict_cli(mlflow_server, zh_champion, tiny_model, tmp_path, capsys, monkeypatch):

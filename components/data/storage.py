@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import posixpath
 import shutil
@@ -138,48 +139,77 @@ def write_bytes(uri: str, data: bytes) -> str:
         except Exception as exc:  # botocore errors carry the reason
             raise StorageError(f"upload to {uri} failed: {exc}") from exc
         return uri
-    path = Path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    _write_atomic(Path(uri), data)
     return uri
 
 
 def read_bytes(uri: str) -> bytes:
     uri = str(uri)
     if is_s3(uri):
-        bucket, key = split_s3(uri)
-        try:
-            obj = s3_client().get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-            data = obj["Body"].read()
-        except Exception as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404", "NoSuchBucket"):
-                raise NoSuchFileError(f"{uri}: no such object ({code})") from None
-            raise StorageError(f"download of {uri} failed: {exc}") from exc
-        expected = (obj.get("Metadata") or {}).get(SHA_META)
-        if expected and _sha256(data) != expected:
-            raise StorageError(f"{uri}: checksum mismatch (sha256 {_sha256(data)} != {expected})")
-        return data
+        return _get_object(uri)[0]
     try:
         return Path(uri).read_bytes()
     except FileNotFoundError:
         raise NoSuchFileError(f"{uri}: no such file") from None
 
 
-def exists(uri: str) -> bool:
+def _error_code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
+def _get_object(uri: str) -> tuple[bytes, str]:
+    """(the object's bytes, checked against its sha256 metadata; its ETag)."""
+    bucket, key = split_s3(uri)
+    try:
+        obj = s3_client().get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        data = obj["Body"].read()
+    except Exception as exc:
+        code = _error_code(exc)
+        if code in ("NoSuchKey", "404", "NoSuchBucket"):
+            raise NoSuchFileError(f"{uri}: no such object ({code})") from None
+        raise StorageError(f"download of {uri} failed: {exc}") from exc
+    expected = (obj.get("Metadata") or {}).get(SHA_META)
+    if expected and _sha256(data) != expected:
+        raise StorageError(f"{uri}: checksum mismatch (sha256 {_sha256(data)} != {expected})")
+    return data, str(obj.get("ETag", ""))
+
+
+def head(uri: str) -> dict:
+    """Size, ETag and stored sha256 (None when the object has none) of the s3:// object ``uri``;
+    :class:`NoSuchFileError` when there is no such object."""
+    bucket, key = split_s3(uri)
+    try:
+        obj = s3_client().head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        code = _error_code(exc)
+        if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+            raise NoSuchFileError(f"{uri}: no such object ({code})") from None
+        raise StorageError(f"cannot stat {uri}: {exc}") from exc
+    return {"size": int(obj["ContentLength"]), "etag": str(obj.get("ETag", "")),
+            "sha256": (obj.get("Metadata") or {}).get(SHA_META)}
+
+
+def delete(uri: str) -> None:
+    """Remove a file or object; one that is not there is no error."""
     uri = str(uri)
     if is_s3(uri):
         bucket, key = split_s3(uri)
         try:
-            s3_client().head_object(Bucket=bucket, Key=key)
-            return True
+            s3_client().delete_object(Bucket=bucket, Key=key)
         except Exception as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise StorageError(f"cannot stat {uri}: {exc}") from exc
+            raise StorageError(f"cannot delete {uri}: {exc}") from exc
+        return
+    Path(uri).unlink(missing_ok=True)
+
+
+def exists(uri: str) -> bool:
+    uri = str(uri)
+    if is_s3(uri):
+        try:
+            head(uri)
+            return True
+        except NoSuchFileError:
+            return False
     return Path(uri).exists()
 
 
@@ -195,6 +225,23 @@ def list_files(prefix: str) -> list[str]:
         return sorted(out)
     root = Path(prefix)
     return sorted(str(p) for p in root.rglob("*") if p.is_file())
+
+
+def list_sizes(prefix: str) -> dict[str, int]:
+    """Every file under a local folder or s3:// prefix: its name relative to ``prefix`` (with
+    ``/``) -> its size in bytes. A folder that does not exist has none."""
+    prefix = str(prefix)
+    if is_s3(prefix):
+        bucket, key = split_s3(prefix)
+        key = key.rstrip("/") + "/" if key else ""
+        out = {}
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+        for page in pages:
+            out.update({o["Key"][len(key):]: int(o["Size"]) for o in page.get("Contents", [])})
+        return out
+    root = Path(prefix)
+    return {p.relative_to(root).as_posix(): p.stat().st_size
+            for p in root.rglob("*") if p.is_file()}
 
 
 def copy_tree(src: str, dst: str) -> int:
@@ -215,8 +262,8 @@ def copy_tree(src: str, dst: str) -> int:
 def _relative_key(uri: str, prefix: str) -> str:
     """The part of the object ``uri`` below the s3:// ``prefix``, as stored (not normalised: a
     key with ``..`` stays visible to :func:`safe_join`)."""
-    head = prefix.rstrip("/") + "/"
-    return uri[len(head):] if uri.startswith(head) else uri
+    base = prefix.rstrip("/") + "/"
+    return uri[len(base):] if uri.startswith(base) else uri
 
 
 def cache_path(uri: str, cache_dir: str) -> str:
@@ -232,24 +279,90 @@ def cache_path(uri: str, cache_dir: str) -> str:
     return join(cache_dir, rel)
 
 
+ETAG_DIR = ".etag"  # under a cache: what each cached file was downloaded from (no bucket
+#                     name starts with a dot, so it never meets a cached object)
+_VERIFIED: dict[str, tuple[int, int]] = {}  # cached path -> (size, mtime_ns) checked this process
+
+
 def local_copy(uri: str, cache_dir: str) -> str:
-    """Return a local path for ``uri``: itself if local, else downloaded into ``cache_dir``
-    (at :func:`cache_path`; never outside ``cache_dir``)."""
+    """Return a local path for ``uri``: itself if local, else a verified copy in ``cache_dir``
+    (at :func:`cache_path`; never outside ``cache_dir``).
+
+    A download goes to a temporary file in the same folder, then ``os.replace``: a reader never
+    sees a partial file. Beside it (``cache_dir/.etag/<bucket>/<key>``) is what it was downloaded
+    from: the object's ETag, size and sha256. A cached file is trusted only when those match the
+    object now (one HEAD request, once per file and process) and its own size and sha256 match;
+    otherwise (partial, corrupt, or the object changed) it is downloaded again."""
     if not is_s3(uri):
         return str(uri)
     target = Path(cache_path(uri, cache_dir))
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(read_bytes(uri))
+    if _still_verified(target):
+        return str(target)
+    record = Path(cache_dir, ETAG_DIR, *target.relative_to(cache_dir).parts)
+    if not (target.is_file() and record.is_file()
+            and _cached_copy_matches(target, record, head(uri))):
+        data, etag = _get_object(uri)
+        _write_atomic(target, data)
+        _write_atomic(record, json.dumps({"uri": uri, "etag": etag, "size": len(data),
+                                          "sha256": _sha256(data)}).encode())
+    st = target.stat()
+    _VERIFIED[str(target)] = (st.st_size, st.st_mtime_ns)
     return str(target)
 
 
+def _still_verified(target: Path) -> bool:
+    """``target`` was checked in this process and has not changed since (size, mtime)."""
+    seen = _VERIFIED.get(str(target))
+    if seen is None:
+        return False
+    try:
+        st = target.stat()
+    except FileNotFoundError:
+        return False
+    return (st.st_size, st.st_mtime_ns) == seen
+
+
+def _cached_copy_matches(target: Path, record: Path, obj: dict) -> bool:
+    """The cached file is a whole copy of the object as it is now."""
+    try:
+        rec = json.loads(record.read_text(encoding="utf-8"))
+        data = target.read_bytes()
+    except (OSError, ValueError):
+        return False
+    return (rec.get("etag") == obj["etag"] and rec.get("size") == obj["size"] == len(data)
+            and rec.get("sha256") == _sha256(data))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @contextmanager
-def staged_output(uri: str, prefix: str = "refseg-") -> Iterator[str]:
+def staged_output(uri: str, prefix: str = "refseg-", step: str | None = None) -> Iterator[str]:
     """A local folder to write a step's output into: ``uri`` itself when local (created), else a
     temporary folder whose files are copied to the s3:// ``uri`` when the block ends without an
-    exception (and removed either way). Nothing partial reaches S3."""
+    exception (and removed either way). Nothing partial reaches S3.
+
+    With ``step``, the folder is a step's output with a completion marker
+    (:mod:`components.data.outputs`): the marker of an earlier run goes first, the files it
+    listed that this run did not write are removed, and a new marker, listing what this run
+    wrote, is written last."""
     uri = str(uri)
+    if step is not None:
+        from components.data.outputs import step_output
+
+        with step_output(uri, step, prefix=prefix) as out:
+            yield out.local
+        return
     if not is_s3(uri):
         os.makedirs(uri, exist_ok=True)
         yield uri

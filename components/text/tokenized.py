@@ -10,6 +10,10 @@ Layout (local or s3://)::
     userdict_zh.txt             the jieba user dictionary in effect
     shards/<lang>/<split>.npz   encoded expressions: sample_id, tokens, lengths
     summary.json                counts in / kept / quarantined, timings
+    _COMPLETE.json              the completion marker, written last (components.data.outputs)
+
+A reader opens the folder with :meth:`TokenizedData.checked`: the marker must vouch for every
+file, and a file of this layout that it does not list (left by an earlier run) is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -39,6 +44,7 @@ from components.text.tokenizer import (
 MANIFEST_FILE = "manifest.parquet"
 QUARANTINE_FILE = "quarantine.parquet"
 SUMMARY_FILE = "summary.json"
+STEP = "tokenize"  # the step name in the folder's completion marker
 SHARDS_DIR = "shards"
 SHARD_ARRAYS = ("sample_id", "tokens", "lengths")
 QUARANTINE_COLUMNS = ("sample_id", "lang", "reason", "split", "text")
@@ -53,6 +59,13 @@ def file_names() -> list[str]:
     """The folder's files as patterns (``{lang}``, ``{split}``), for help texts."""
     return [MANIFEST_FILE, vocab_file("{lang}"), embeddings_file("{lang}"),
             f"{SHARDS_DIR}/{{lang}}/{{split}}.npz", CONFIG_FILE, QUARANTINE_FILE, SUMMARY_FILE]
+
+
+def owned(rel: str) -> bool:
+    """Is the relative name ``rel`` a file of this layout (one a rerun of tokenize replaces)?"""
+    return (rel in (MANIFEST_FILE, QUARANTINE_FILE, SUMMARY_FILE, CONFIG_FILE, USERDICT_FILE)
+            or re.fullmatch(r"(vocab_[^/]+\.json|embeddings_[^/]+\.npy)", rel) is not None
+            or rel.startswith(SHARDS_DIR + "/"))
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -86,6 +99,15 @@ class TokenizedData:
 
     def __repr__(self) -> str:
         return f"TokenizedData({self.root!r})"
+
+    @classmethod
+    def checked(cls, root: str) -> TokenizedData:
+        """The folder ``root``, once its completion marker vouches for it (what a step that
+        reads a tokenize output calls first; :func:`components.data.outputs.check_complete`)."""
+        from components.data.outputs import check_complete
+
+        check_complete(str(root), STEP, owns=owned)
+        return cls(root)
 
     # ---- where things are ------------------------------------------------------------------
     def uri(self, *parts: str) -> str:

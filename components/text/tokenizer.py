@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from components.errors import InputError, MissingInputError
@@ -151,24 +153,52 @@ class Tokenizer:
         return out
 
 
-def _local_folder(directory: str) -> str:
-    """A local copy of a tokenizer folder given as s3:// (the folder itself when local)."""
+@contextmanager
+def _local_folder(directory: str) -> Iterator[str]:
+    """A local copy of a tokenizer folder given as s3:// (the folder itself when local), removed
+    when the block ends, whether the load succeeds or fails."""
     from components.data import storage
 
     if not storage.is_s3(directory):
-        return directory
+        yield directory
+        return
     local = tempfile.mkdtemp(prefix="refseg-tok-")
-    for name in [CONFIG_FILE, USERDICT_FILE] + [vocab_file(g) for g in LANGS]:
-        uri = storage.join(directory, name)
-        if storage.exists(uri):
-            Path(local, name).write_bytes(storage.read_bytes(uri))
-    return local
+    try:
+        for name in [CONFIG_FILE, USERDICT_FILE] + [vocab_file(g) for g in LANGS]:
+            uri = storage.join(directory, name)
+            if storage.exists(uri):
+                Path(local, name).write_bytes(storage.read_bytes(uri))
+        yield local
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def _kept_userdict(path: Path) -> str:
+    """A copy of the user dictionary ``path`` that outlives a temporary folder (jieba reads it
+    when a text is segmented): one file per content in the temp directory, written once."""
+    data = path.read_bytes()
+    kept = Path(tempfile.gettempdir(), f"refseg-userdict-{hashlib.sha256(data).hexdigest()[:16]}.txt")
+    if not kept.is_file() or kept.read_bytes() != data:
+        fd, tmp = tempfile.mkstemp(dir=kept.parent, prefix=f".{kept.name}.")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, kept)
+    return str(kept)
 
 
 def load_tokenizer(directory: str, lang: str | None = None) -> Tokenizer:
     """Load a tokenizer folder (a tokenize step's output or a model's ``tokenizer/``; local or
     s3://). With ``lang``, only that language is loaded, even when ``tokenizer.json`` lists both."""
-    directory = _local_folder(str(directory))
+    remote = str(directory).startswith("s3://")
+    with _local_folder(str(directory)) as local:
+        config, vocabs, ud = _read_folder(local, lang)
+        userdict = (_kept_userdict(ud) if remote else str(ud)) if ud.is_file() else None
+    tok = Tokenizer(config, vocabs, userdict)
+    return tok.narrow(lang) if lang else tok
+
+
+def _read_folder(directory: str, lang: str | None) -> tuple[dict, dict[str, list[str]], Path]:
+    """(tokenizer.json, the vocabularies asked for, where the user dictionary would be)."""
     cfg_path = Path(directory, CONFIG_FILE)
     if not cfg_path.is_file():
         raise MissingInputError(f"{cfg_path}: no such file (not a tokenize output or tokenizer "
@@ -184,9 +214,7 @@ def load_tokenizer(directory: str, lang: str | None = None) -> Tokenizer:
             raise MissingInputError(f"{vocab}: no vocabulary for language {g!r} (was tokenize "
                                     "run with this language?)")
         vocabs[g] = json.loads(vocab.read_text(encoding="utf-8"))
-    ud = Path(directory, USERDICT_FILE)
-    tok = Tokenizer(config, vocabs, str(ud) if ud.is_file() else None)
-    return tok.narrow(lang) if lang else tok
+    return config, vocabs, Path(directory, USERDICT_FILE)
 
 
 def is_tokenizer_folder(directory: str) -> bool:
