@@ -254,10 +254,13 @@ def test_an_old_checkpoint_without_fingerprint_warns_once_and_goes_on(vocab_pair
 @pytest.fixture(scope="module")
 def stripped_data(data_dir, tmp_path_factory):
     """The tokenize folder without ``embeddings_zh.npy`` and without the zh ``val`` shard."""
+    from components.data.outputs import seal
+
     dst = tmp_path_factory.mktemp("stripped") / "tok"
     shutil.copytree(data_dir, dst)
     (dst / "embeddings_zh.npy").unlink()
     (dst / "shards" / "zh" / "val.npz").unlink()
+    seal(str(dst), "tokenize")  # complete as written (a tokenize that made neither file)
     return dst
 
 
