@@ -272,7 +272,8 @@ def test_saved_pyfunc_imports_only_serving(tiny_model, tmp_path):
                          capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.split("RESULT ", 1)[1])
-    assert out["rows"] == 1 and out["cols"] == ["mask_png", "mask_rle", "score", "lang", "warning"]
+    assert out["rows"] == 1 and out["cols"] == ["mask_png", "mask_rle", "score", "lang", "warning",
+                                                "words", "known_words"]
     assert out["code"].startswith(os.path.join(path, "code", "components"))
     assert [m for m in out["modules"] if _not_serving(m)] == []
     code = Path(path, "code", "components")
@@ -562,7 +563,8 @@ def test_champion_loads_in_fresh_process(mlflow_server, zh_champion, tmp_path):
     assert out["lang"] == ["zh", "en"]
     assert out["warning"][0] == "" and "bilingual-refseg-en" in out["warning"][1]
     assert all(0.0 <= s <= 1.0 for s in out["score"])
-    assert out["cols"] == ["mask_png", "mask_rle", "score", "lang", "warning"]
+    assert out["cols"] == ["mask_png", "mask_rle", "score", "lang", "warning", "words",
+                           "known_words"]
     # the code came from the model's own code/ folder, not from this checkout
     assert f"{os.sep}code{os.sep}components{os.sep}serving{os.sep}pyfunc.py" in out["code"]
 
