@@ -33,7 +33,13 @@ import torch.nn.functional as F
 from components import codec
 from components.errors import CheckpointError
 from components.serving import model_name
-from components.serving.requests import InputError, decode_image_for, is_missing, pixel_limit
+from components.serving.requests import (
+    InputError,
+    PixelLimit,
+    decode_image_for,
+    is_missing,
+    pixel_limit,
+)
 from components.text.tokenizer import (
     LANGS,
     UNK,
@@ -123,8 +129,10 @@ class Expression:
         if self.known == 0:
             shown = ", ".join(repr(w) for w in self.unknown[:5])
             more = f" and {len(self.unknown) - 5} more" if len(self.unknown) > 5 else ""
-            return (f"none of the expression's {self.words} words ({shown}{more}) is in the "
-                    f"model's {lang} vocabulary: the mask does not depend on the text")
+            which = ("its only word" if self.words == 1
+                     else f"none of its {self.words} words")
+            return (f"the model's {lang} vocabulary knows {which} ({shown}{more}): the mask "
+                    "does not depend on the text")
         return ""
 
 
@@ -181,10 +189,11 @@ class RefSegPredictor:
     """Checkpoint + tokenizer + preprocessing, no MLflow: what the pyfunc and the CLI share."""
 
     def __init__(self, checkpoint: str, tokenizer_dir: str, preprocess: Preprocess | None = None,
-                 device: str | None = None, max_pixels: int | str | None = None):
+                 device: str | None = None, max_pixels: int | str | PixelLimit | None = None):
         """``max_pixels``: the largest image served (width x height); default
         ``$REFSEG_MAX_PIXELS``, else 50,000,000 (:func:`components.serving.requests.pixel_limit`)."""
-        self.pixel_limit = pixel_limit(max_pixels)
+        self.pixel_limit = (max_pixels if isinstance(max_pixels, PixelLimit)
+                            else pixel_limit(max_pixels))
         net, cfg, extra = load_checkpoint(checkpoint)
         self.device = select_device(device)
         self.net = prepare_model(net, self.device).eval()

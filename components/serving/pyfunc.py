@@ -53,13 +53,15 @@ class RefSegPyfuncModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         from components.serving.predictor import Preprocess, RefSegPredictor
+        from components.serving.requests import pixel_limit
 
         arts = context.artifacts
         pre = Preprocess.read(arts["preprocess"])
         device = os.environ.get("REFSEG_DEVICE") or None
-        max_pixels = (getattr(context, "model_config", None) or {}).get("max_pixels")
+        config = getattr(context, "model_config", None) or {}
+        limit = pixel_limit(config.get("max_pixels"), "the model config's max_pixels")
         self._predictor = RefSegPredictor(arts["checkpoint"], arts["tokenizer"], pre, device,
-                                          max_pixels=max_pixels)
+                                          max_pixels=limit)
         get_logger("serve").debug("model %s loaded on %s", pre.lang, self._predictor.device)
 
     def predict(self, context, model_input, params=None):

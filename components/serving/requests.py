@@ -69,15 +69,15 @@ class PixelLimit:
     def refuse(self, where: str, pixels: int, size: tuple[int, int] | None = None
                ) -> InputError:
         """The one-line error for an image of ``pixels`` pixels (``size`` = (w, h) if known)."""
-        dims = f"{size[0]}x{size[1]} " if size else ""
+        what = f"{size[0]}x{size[1]} ({pixels:,} pixels)" if size else f"{pixels:,} pixels"
         limit = self.pixels
         hard = _pillow_limit()
         if hard is not None and limit > hard:
             limit, how = hard, f"Pillow's own limit; {self.setting} cannot raise it"
         else:
             how = f"set by {self.setting}"
-        return InputError(f"{where}: image of {dims}({pixels:,} pixels) is over the limit of "
-                          f"{limit:,} pixels ({how})")
+        return InputError(f"{where}: image of {what} is over the limit of {limit:,} pixels "
+                          f"({how})")
 
 
 def _pillow_limit() -> int | None:
