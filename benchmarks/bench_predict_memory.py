@@ -1,5 +1,5 @@
-"""Peak memory of one prediction: the peak RSS (``resource.getrusage`` ``ru_maxrss``) of a fresh
-process that runs ``refseg predict`` (decode, predict, mask and overlay files) or the served
+"""Peak memory of one prediction: the peak RSS (``VmHWM``, with ``resource.getrusage``'s
+``ru_maxrss`` beside it) of a fresh process that runs ``refseg predict`` (decode, predict, mask and overlay files) or the served
 model's predictor (``RefSegPredictor.predict_frame``, what the pyfunc runs) on one image, for a
 4000x3000 JPEG and PNG, on this checkout and on a baseline revision (the code before decoding was
 bounded), with the 1-minute load average beside each figure.
@@ -109,7 +109,8 @@ def _measure(code: str, mode: str, ckpt: str, tok: str, image: str, out: str) ->
     if "RESULT " not in res.stdout:
         raise RuntimeError(f"{mode} {image} failed:\n{res.stderr[-3000:]}")
     r = json.loads(res.stdout.split("RESULT ", 1)[1])
-    err = [x for x in res.stderr.splitlines() if "error" in x or "refused" in x]
+    err = [x.replace(os.path.dirname(image), "<tmp>") for x in res.stderr.splitlines()
+           if "error" in x or "refused" in x]
     return {"rc": r["rc"], "peak_rss_mib": round(r["vmhwm_mib"]),
             "ru_maxrss_mib": round(r["maxrss_mib"]), "seconds": round(r["seconds"], 1),
             "load_1min": round(load, 2), **({"message": err[-1]} if r["rc"] and err else {})}
@@ -125,6 +126,12 @@ def _baseline(rev: str, tmp: str) -> str:
     return path
 
 
+WHAT = ("peak_rss_mib = VmHWM of a fresh process (its own peak resident set); ru_maxrss_mib = "
+        "its resource.getrusage ru_maxrss (equal when launched from a small process: Linux "
+        "carries the launcher's figure across exec); cli = refseg predict with a local "
+        "checkpoint (decode, predict, write mask + overlay); predictor = "
+        "RefSegPredictor.predict_frame on one row (what the pyfunc runs: decode, predict, "
+        "base64 mask PNG + RLE); load_1min = the 1-minute load average when the case started")
 IMAGES = {  # name: (h, w, format, flat grey)
     "tiny_png": (48, 64, "PNG", False),
     "jpeg_4000x3000": (3000, 4000, "JPEG", False),
@@ -182,11 +189,7 @@ def bench(before: str) -> dict:
                        f"{done['torch']}, one thread, no GPU",
             "preset": "small3 (input 96 px), untrained",
             "before_rev": before or None,
-            "what": "peak RSS (ru_maxrss) of a fresh process: cli = refseg predict with a local "
-                    "checkpoint (decode, predict, write mask + overlay); predictor = "
-                    "RefSegPredictor.predict_frame on one row (what the pyfunc runs: decode, "
-                    "predict, base64 mask PNG + RLE); load_1min = the 1-minute load average "
-                    "when the case started",
+            "what": WHAT,
             "results": rows,
         }
     finally:
