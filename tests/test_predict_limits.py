@@ -3,8 +3,8 @@ size is bounded"; docs/registry-and-serving.md): an image over the pixel limit i
 its header (CLI: one line, exit 1; pyfunc: the row named), Pillow's decompression-bomb refusal
 reads the same, a large image is decoded at reduced scale with the mask still at its original
 size, and an expression the vocabulary knows none of gets a warning (CLI stderr, the pyfunc's
-``warning``, ``words`` and ``known_words`` columns). Budget: about 10 s (a tiny untrained network,
-the session's tokenize output, one saved pyfunc)."""
+``warning``, ``words`` and ``known_words`` columns). Budget: a few seconds (a tiny untrained
+network, the session's tokenize output)."""
 
 from __future__ import annotations
 
@@ -63,11 +63,28 @@ def tiny(data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def saved_pyfunc(tiny, tmp_path_factory):
-    from components.serving.pyfunc import save_pyfunc_model
+def pyfunc_artifacts(tiny, tmp_path_factory):
+    """What a registered model carries (checkpoint, tokenizer, preprocess.json), for the pyfunc
+    wrapper driven through MLflow's own context class (saving a model costs seconds; the saved
+    model's load-time config is tested in a fresh process in test_register.py)."""
+    from components.serving.predictor import Preprocess
+    from model.checkpoint import read_checkpoint
 
-    root = tmp_path_factory.mktemp("limits-pyfunc")
-    return save_pyfunc_model(str(root / "model"), *tiny, "zh", str(root / "work"))
+    pre = Preprocess.of_config("zh", read_checkpoint(tiny[0])["config"])
+    path = pre.write(str(tmp_path_factory.mktemp("limits-pyfunc") / "preprocess.json"))
+    return {"checkpoint": tiny[0], "tokenizer": tiny[1], "preprocess": path}
+
+
+def _pyfunc(artifacts: dict, max_pixels=None):
+    """The registered model's wrapper loaded as MLflow loads it, with ``model_config``."""
+    from mlflow.pyfunc import PythonModelContext
+
+    from components.serving.pyfunc import RefSegPyfuncModel
+
+    context = PythonModelContext(artifacts=artifacts, model_config={"max_pixels": max_pixels})
+    model = RefSegPyfuncModel()
+    model.load_context(context)
+    return lambda df: model.predict(context, df)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -109,20 +126,18 @@ def test_pillows_decompression_bomb_refusal_is_the_same_one_line(tiny, tmp_path,
         "pixels (Pillow's own limit; --max-pixels or REFSEG_MAX_PIXELS cannot raise it)")
 
 
-def test_the_pyfunc_refuses_an_image_over_its_limit(saved_pyfunc, monkeypatch):
-    import mlflow
-
+def test_the_pyfunc_refuses_an_image_over_its_limit(pyfunc_artifacts, monkeypatch):
     df = pd.DataFrame({"image": [_scene(48, 64, "PNG"), _scene(40, 56, "PNG")],
                        "text": [ZH, ZH]})
-    model = mlflow.pyfunc.load_model(saved_pyfunc, model_config={"max_pixels": 3000})
+    predict = _pyfunc(pyfunc_artifacts, max_pixels=3000)
     with pytest.raises(InputError) as err:
-        model.predict(df)
+        predict(df)
     assert str(err.value) == ("row 0: image of 64x48 (3,072 pixels) is over the limit of 3,000 "
                               "pixels (set by the model config's max_pixels or REFSEG_MAX_PIXELS)")
-    assert len(model.predict(df.iloc[1:])) == 1
+    assert len(predict(df.iloc[1:])) == 1
     monkeypatch.setenv("REFSEG_MAX_PIXELS", "2000")  # read when the model loads
     with pytest.raises(InputError, match=r"row 0: image of 64x48 .* limit of 2,000 pixels"):
-        mlflow.pyfunc.load_model(saved_pyfunc).predict(df)
+        _pyfunc(pyfunc_artifacts)(df)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,11 +168,9 @@ def test_a_large_image_is_decoded_small_and_its_mask_keeps_its_size(tiny, fmt, d
 
 # ------------------------------------------------------------------------------------------------
 # an expression the vocabulary knows none of
-def test_the_pyfunc_counts_known_words_and_warns_when_none_is(saved_pyfunc):
-    import mlflow
-
+def test_the_pyfunc_counts_known_words_and_warns_when_none_is(pyfunc_artifacts):
     png = _scene(40, 56, "PNG")
-    out = mlflow.pyfunc.load_model(saved_pyfunc).predict(pd.DataFrame(
+    out = _pyfunc(pyfunc_artifacts)(pd.DataFrame(
         {"image": [png] * 3, "text": [ZH, "xyzzy plugh", "。。！"], "lang": ["zh"] * 3}))
     assert list(out.columns) == ["mask_png", "mask_rle", "score", "lang", "warning", "words",
                                  "known_words"]

@@ -121,8 +121,7 @@ def _opened(raw: bytes, row: int | str, limit: PixelLimit):
 
     where = _where(row)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
+        with _bomb_warning_off(limit):
             with Image.open(io.BytesIO(raw)) as im:
                 w, h = im.size
                 if w * h > limit.pixels:
@@ -133,6 +132,20 @@ def _opened(raw: bytes, row: int | str, limit: PixelLimit):
         raise limit.refuse(where, int(found.group(1)) if found else limit.pixels + 1) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"{where}: image cannot be decoded as PNG/JPEG: {exc}") from exc
+
+
+@contextmanager
+def _bomb_warning_off(limit: PixelLimit):
+    """Pillow warns about images between its warning and refusal sizes; a limit set that high
+    is checked anyway, so the warning is silenced then (only then: it is process-wide state)."""
+    from PIL import Image
+
+    if not Image.MAX_IMAGE_PIXELS or limit.pixels <= Image.MAX_IMAGE_PIXELS:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
 
 
 def _oriented(w: int, h: int, orientation: int) -> tuple[int, int]:
