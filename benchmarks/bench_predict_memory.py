@@ -168,7 +168,11 @@ def bench(before: str) -> dict:
         ckpt, tok, images = done["checkpoint"], done["tokenizer"], done["images"]
         codes = {"after": ROOT}
         if before:
-            codes = {"before": _baseline(before, tmp), "after": ROOT}
+            try:
+                codes = {"before": _baseline(before, tmp), "after": ROOT}
+            except (OSError, subprocess.CalledProcessError) as exc:  # no git, or no such commit
+                print(f"baseline {before} not measured: {exc}", file=sys.stderr)
+                before = ""
         # (image, the code versions measured): the large or refused ones on this checkout only
         plan = [("tiny_png", list(codes)), ("jpeg_4000x3000", list(codes)),
                 ("png_4000x3000", list(codes)), ("png_8160x6120", ["after"]),
