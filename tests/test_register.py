@@ -233,9 +233,15 @@ _FRESH = r"""
 import json, sys
 import mlflow, pandas as pd
 m = mlflow.pyfunc.load_model(sys.argv[1])
-out = m.predict(pd.DataFrame({"image": [open(sys.argv[2], "rb").read()], "text": [sys.argv[3]]}))
+df = pd.DataFrame({"image": [open(sys.argv[2], "rb").read()], "text": [sys.argv[3]]})
+out = m.predict(df)
+try:  # the pixel limit set when loading (the model is logged with the key)
+    mlflow.pyfunc.load_model(sys.argv[1], model_config={"max_pixels": 100}).predict(df)
+    refused = ""
+except Exception as exc:
+    refused = str(exc)
 print("RESULT " + json.dumps({"rows": len(out), "cols": list(out.columns), "modules": sorted(sys.modules),
-      "code": sys.modules["components.serving.pyfunc"].__file__}))
+      "code": sys.modules["components.serving.pyfunc"].__file__, "refused": refused}))
 """
 
 
@@ -255,8 +261,11 @@ def test_saved_pyfunc_imports_only_serving(tiny_model, tmp_path):
                          capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.split("RESULT ", 1)[1])
-    assert out["rows"] == 1 and out["cols"] == ["mask_png", "mask_rle", "score", "lang", "warning"]
+    assert out["rows"] == 1 and out["cols"] == ["mask_png", "mask_rle", "score", "lang", "warning",
+                                                "words", "known_words"]
     assert out["code"].startswith(os.path.join(path, "code", "components"))
+    assert out["refused"] == ("row 0: image of 50x40 (2,000 pixels) is over the limit of 100 "
+                              "pixels (set by the model config's max_pixels or REFSEG_MAX_PIXELS)")
     assert [m for m in out["modules"] if _not_serving(m)] == []
     code = Path(path, "code", "components")
     shipped = sorted(f.relative_to(code).as_posix() for f in code.rglob("*") if f.is_file())
@@ -545,7 +554,8 @@ def test_champion_loads_in_fresh_process(mlflow_server, zh_champion, tmp_path):
     assert out["lang"] == ["zh", "en"]
     assert out["warning"][0] == "" and "bilingual-refseg-en" in out["warning"][1]
     assert all(0.0 <= s <= 1.0 for s in out["score"])
-    assert out["cols"] == ["mask_png", "mask_rle", "score", "lang", "warning"]
+    assert out["cols"] == ["mask_png", "mask_rle", "score", "lang", "warning", "words",
+                           "known_words"]
     # the code came from the model's own code/ folder, not from this checkout
     assert f"{os.sep}code{os.sep}components{os.sep}serving{os.sep}pyfunc.py" in out["code"]
 

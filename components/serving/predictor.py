@@ -7,7 +7,14 @@ or empty). Output DataFrame, one row per input row: ``mask_png`` (base64 1-bit P
 size, EXIF orientation applied), ``mask_rle`` (JSON ``{"size": [h, w], "counts": "..."}``, COCO
 compressed RLE), ``score`` (mean probability inside the mask, 0.0 for an empty mask), ``lang``
 (the expression's language, given or detected), ``warning`` (empty, or why the result is
-doubtful, e.g. an English expression sent to the Chinese model).
+doubtful, e.g. an English expression sent to the Chinese model, or an expression none of whose
+words the model knows; several are joined with "; "), ``words`` (how many words the expression
+gives the network) and ``known_words`` (how many of them are in the model's vocabulary).
+
+An image is opened once, by :func:`~components.serving.requests.decode_image_for`: over the
+pixel limit (``max_pixels``, else ``$REFSEG_MAX_PIXELS``, else 50 M) it is refused from its
+header; a large one is decoded at reduced scale, and the full-size mask is thresholded strip by
+strip from the small probability map, so no full-size float array exists.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,9 +33,16 @@ import torch.nn.functional as F
 from components import codec
 from components.errors import CheckpointError
 from components.serving import model_name
-from components.serving.requests import InputError, decode_image_for, is_missing
+from components.serving.requests import (
+    InputError,
+    PixelLimit,
+    decode_image_for,
+    is_missing,
+    pixel_limit,
+)
 from components.text.tokenizer import (
     LANGS,
+    UNK,
     check_vocab_fingerprint,
     detect_language,
     load_tokenizer,
@@ -38,7 +52,10 @@ from model.pixels import convention_of
 
 PREPROCESS_FORMAT = "bilingual-refseg/pyfunc-v1"
 _SOURCE = {"input_size": "input_size", "pixels": "backbone_format", "resize": "resize"}
-OUTPUT_COLUMNS = ("mask_png", "mask_rle", "score", "lang", "warning")
+OUTPUT_COLUMNS = ("mask_png", "mask_rle", "score", "lang", "warning", "words", "known_words")
+# Output pixels per strip when a small probability map is brought to the image's size (4 MB of
+# float32): the full-size mask is built strip by strip.
+STRIP_PIXELS = 1 << 20
 
 
 @dataclass
@@ -93,6 +110,68 @@ class Preprocess:
         return path
 
 
+@dataclass
+class Expression:
+    """An expression as the network reads it: ``ids`` (a lone ``<unk>`` when the text gives no
+    word), how many ``words`` it gives (after the length cut) and how many of them are ``known``
+    (in the vocabulary)."""
+
+    ids: list[int]
+    words: int
+    known: int
+    unknown: list[str] = field(default_factory=list)
+
+    def warning(self, lang: str) -> str:
+        """Why the mask cannot follow the text ("" when some word is known)."""
+        if self.words == 0:
+            return ("the expression gives no words (punctuation or symbols only): the mask "
+                    "does not depend on the text")
+        if self.known == 0:
+            shown = ", ".join(repr(w) for w in self.unknown[:5])
+            more = f" and {len(self.unknown) - 5} more" if len(self.unknown) > 5 else ""
+            which = ("its only word" if self.words == 1
+                     else f"none of its {self.words} words")
+            return (f"the model's {lang} vocabulary knows {which} ({shown}{more}): the mask "
+                    "does not depend on the text")
+        return ""
+
+
+def _source_index(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear resampling from ``n_in`` to ``n_out`` samples as torch's ``align_corners=False``:
+    for each output index the two input indices and the weight of the second."""
+    src = (np.arange(n_out, dtype=np.float32) + 0.5) * np.float32(n_in / n_out) - 0.5
+    src = np.maximum(src, 0)
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    return i0, np.minimum(i0 + 1, n_in - 1), (src - i0).astype(np.float32)
+
+
+def mask_and_score(prob: np.ndarray, size: tuple[int, int], threshold: float
+                   ) -> tuple[np.ndarray, float]:
+    """The bool mask ``bilinear(prob) >= threshold`` at ``size`` (H, W) from a float [h, w]
+    probability map, and the mean upsampled probability inside it (0.0 when empty). Rows are
+    upsampled :data:`STRIP_PIXELS` at a time: the only full-size array is the mask itself."""
+    h, w = prob.shape
+    out_h, out_w = int(size[0]), int(size[1])
+    if (h, w) != (out_h, out_w):
+        c0, c1, cw = _source_index(w, out_w)
+        cols = prob[:, c0] * (1 - cw) + prob[:, c1] * cw  # [h, W]: the small map, widened
+        r0, r1, rw = _source_index(h, out_h)
+    mask = np.empty((out_h, out_w), dtype=bool)
+    inside = 0.0
+    step = max(1, STRIP_PIXELS // max(out_w, 1))
+    for top in range(0, out_h, step):
+        rows = slice(top, min(out_h, top + step))
+        if (h, w) == (out_h, out_w):
+            strip = prob[rows]
+        else:
+            wr = rw[rows, None]
+            strip = cols[r0[rows]] * (1 - wr) + cols[r1[rows]] * wr
+        mask[rows] = strip >= threshold
+        inside += float(strip[mask[rows]].sum(dtype=np.float64))
+    n = int(np.count_nonzero(mask))
+    return mask, (inside / n if n else 0.0)
+
+
 def check_tokenizer(tokenizer, lang: str, vocab_size: int, extra: dict, checkpoint: str,
                     tokenizer_dir: str) -> None:
     """The tokenizer's vocabulary of ``lang`` is the one the checkpoint was trained on: its size
@@ -110,7 +189,11 @@ class RefSegPredictor:
     """Checkpoint + tokenizer + preprocessing, no MLflow: what the pyfunc and the CLI share."""
 
     def __init__(self, checkpoint: str, tokenizer_dir: str, preprocess: Preprocess | None = None,
-                 device: str | None = None):
+                 device: str | None = None, max_pixels: int | str | PixelLimit | None = None):
+        """``max_pixels``: the largest image served (width x height); default
+        ``$REFSEG_MAX_PIXELS``, else 50,000,000 (:func:`components.serving.requests.pixel_limit`)."""
+        self.pixel_limit = (max_pixels if isinstance(max_pixels, PixelLimit)
+                            else pixel_limit(max_pixels))
         net, cfg, extra = load_checkpoint(checkpoint)
         self.device = select_device(device)
         self.net = prepare_model(net, self.device).eval()
@@ -135,14 +218,23 @@ class RefSegPredictor:
         lang = detect_language(text)
         return lang if lang in LANGS else self.lang
 
-    def tokens(self, text: str, lang: str, row: int | str) -> list[int]:
+    def expression(self, text: str, lang: str, row: int | str) -> Expression:
+        """The expression's token ids and how many of its words the vocabulary knows; blank text
+        is an InputError, text that gives no word is read as one ``<unk>``."""
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"row {row}: text is empty")
         ids, length = self.tokenizer.encode(text, lang)
         ids = [int(i) for i in list(ids)[: int(length)]]
+        unk = self.tokenizer.stoi[lang].get(UNK, 1)
         if not ids:
-            raise InputError(f"row {row}: text {text[:60]!r} gives no tokens")
-        return ids
+            return Expression([unk], 0, 0)
+        known = sum(i != unk for i in ids)
+        # the words themselves only for the warning (a second segmentation, rare)
+        unknown = [] if known else self.tokenizer.tokens(text, lang)[: len(ids)]
+        return Expression(ids, len(ids), known, unknown)
+
+    def tokens(self, text: str, lang: str, row: int | str) -> list[int]:
+        return self.expression(text, lang, row).ids
 
     def probabilities(self, image: np.ndarray, token_lists: list[list[int]],
                       size: tuple[int, int] | None = None) -> np.ndarray:
@@ -184,26 +276,29 @@ class RefSegPredictor:
         # Rows sharing the same image run through the backbone once (predict_batch).
         groups: dict[Any, list[int]] = {}
         decoded: dict[Any, tuple[np.ndarray, tuple[int, int]]] = {}
-        row_lang, warnings, row_tokens = [], [], []
+        row_lang, warnings, exprs = [], [], []
         for i in range(n):
             lang, warn = self.row_language(langs[i], texts[i], i)
-            row_tokens.append(self.tokens(texts[i], self.lang, i))
+            expr = self.expression(texts[i], self.lang, i)
+            exprs.append(expr)
             row_lang.append(lang)
-            warnings.append(warn)
+            warnings.append("; ".join(w for w in (warn, expr.warning(self.lang)) if w))
             raw = images[i]
             key = raw if isinstance(raw, bytes | str) else hashlib.sha1(repr(raw).encode()).digest()
             if key not in decoded:
-                decoded[key] = decode_image_for(raw, i, self.cfg.input_size)
+                decoded[key] = decode_image_for(raw, i, self.cfg.input_size, self.pixel_limit)
             groups.setdefault(key, []).append(i)
 
         pngs, rles, scores = [""] * n, [""] * n, [0.0] * n
         for key, rows in groups.items():
-            img, full = decoded[key]
-            probs = self.probabilities(img, [row_tokens[i] for i in rows], full)
+            img, full = decoded.pop(key)
+            probs = predict_batch(self.net, img, [exprs[i].ids for i in rows], self.device)
             for i, prob in zip(rows, probs, strict=True):
-                mask = prob >= thr
-                scores[i] = float(prob[mask].mean()) if mask.any() else 0.0
+                mask, scores[i] = mask_and_score(prob, full, thr)
                 pngs[i] = base64.b64encode(codec.encode_png(mask)).decode("ascii")
                 rles[i] = json.dumps(codec.encode_rle(mask), separators=(",", ":"))
-        cols = dict(zip(OUTPUT_COLUMNS, (pngs, rles, scores, row_lang, warnings), strict=True))
+                del mask
+        cols = dict(zip(OUTPUT_COLUMNS, (pngs, rles, scores, row_lang, warnings,
+                                         [e.words for e in exprs], [e.known for e in exprs]),
+                        strict=True))
         return pd.DataFrame(cols)

@@ -13,6 +13,8 @@ The model's ``code/`` folder (``code_paths``) holds the ``model`` package and on
 dependencies installed loads it without this repository.
 
 Inference parameter: ``threshold`` (probability cut, default from preprocess.json, 0.5).
+Model config (``mlflow.pyfunc.load_model(uri, model_config={"max_pixels": N})``): ``max_pixels``,
+the largest image served (width x height); logged as None: ``$REFSEG_MAX_PIXELS``, else 50 M.
 """
 
 from __future__ import annotations
@@ -51,11 +53,15 @@ class RefSegPyfuncModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         from components.serving.predictor import Preprocess, RefSegPredictor
+        from components.serving.requests import pixel_limit
 
         arts = context.artifacts
         pre = Preprocess.read(arts["preprocess"])
         device = os.environ.get("REFSEG_DEVICE") or None
-        self._predictor = RefSegPredictor(arts["checkpoint"], arts["tokenizer"], pre, device)
+        config = getattr(context, "model_config", None) or {}
+        limit = pixel_limit(config.get("max_pixels"), "the model config's max_pixels")
+        self._predictor = RefSegPredictor(arts["checkpoint"], arts["tokenizer"], pre, device,
+                                          max_pixels=limit)
         get_logger("serve").debug("model %s loaded on %s", pre.lang, self._predictor.device)
 
     def predict(self, context, model_input, params=None):
@@ -74,7 +80,8 @@ def model_signature():
                      ColSpec("string", "lang", required=False)])
     outputs = Schema([ColSpec("string", "mask_png"), ColSpec("string", "mask_rle"),
                       ColSpec("double", "score"), ColSpec("string", "lang"),
-                      ColSpec("string", "warning")])
+                      ColSpec("string", "warning"), ColSpec("long", "words"),
+                      ColSpec("long", "known_words")])
     params = ParamSchema([ParamSpec("threshold", "double", 0.5)])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
@@ -150,6 +157,8 @@ def pyfunc_kwargs(checkpoint: str, tokenizer_dir: str, lang: str, workdir: str,
         signature=model_signature(),
         input_example=example_input(lang),
         pip_requirements=pip_requirements(),
+        # None: $REFSEG_MAX_PIXELS or the default; a key must exist to be set when loading
+        model_config={"max_pixels": None},
     )
 
 
