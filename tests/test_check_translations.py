@@ -417,3 +417,31 @@ def test_bad_limits_are_refused_before_reading(tmp_path, kwargs, words):
     with pytest.raises(ConfigError, match=re.escape(words)):
         ct.check_translations(str(tmp_path / "none.parquet"), str(tmp_path / "out"), **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def test_images_on_s3_are_checked_under_their_prefixes(synth_dataset, s3_bucket):
+    """s3:// images: read once through storage; a missing object, a truncated one and one outside
+    the given prefix are named; the default allows every bucket."""
+    from components.checks.images import ImagePolicy
+    from components.data import storage
+
+    df = mf.read_manifest(str(Path(synth_dataset) / "manifest.parquet"))
+    df = df[df["image_id"] < 4].reset_index(drop=True)
+    good = Path(df.at[0, "image_uri"]).read_bytes()
+    storage.write_bytes(f"{s3_bucket}/imgs/good.png", good)
+    storage.write_bytes(f"{s3_bucket}/imgs/cut.png", good[:100])
+    storage.write_bytes(f"{s3_bucket}/other/good.png", good)
+    uris = [f"{s3_bucket}/imgs/good.png", f"{s3_bucket}/imgs/gone.png", f"{s3_bucket}/imgs/cut.png",
+            f"{s3_bucket}/other/good.png"]
+    df["image_uri"] = [uris[int(i)] for i in df["image_id"]]
+    policy = ImagePolicy.of("s3://x/m.parquet", [f"{s3_bucket}/imgs"], workers=2)
+    reasons, stats = compute_checks(df, images=policy)
+    got = {uris[int(df.at[i, "image_id"])]: list(reasons["image"].iat[i]) for i in range(len(df))}
+    assert got[uris[0]] == [] and stats["images"]["checked"] == 4
+    assert got[uris[1]] == [f"missing image: {uris[1]}: no such file"]
+    assert got[uris[2]] == [f"truncated image: {uris[2]}: cannot decode (Truncated File Read)"]
+    assert got[uris[3]] == [f"refused image_uri: {uris[3]} outside the allowed roots "
+                            f"({s3_bucket}/imgs)"]
+    everywhere = ImagePolicy.of(f"{s3_bucket}/m.parquet", None)
+    assert everywhere.roots == ("s3://",) and everywhere.outside(uris[3]) is None
+    assert "outside the allowed roots" in everywhere.outside(str(Path(synth_dataset) / "x.png"))

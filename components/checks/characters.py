@@ -22,7 +22,7 @@ import unicodedata
 
 CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 ALLOWED_CONTROLS = frozenset("\t\n\r")
-# RefCOCO/RefCOCO+/RefCOCOg expressions average 3.5-8.4 English words (about 20-45 characters);
+# RefCOCO/RefCOCO+/RefCOCOg expressions average about 3.5-8.4 English words (about 20-45 characters);
 # the limits leave a factor of about 7 over RefCOCOg's mean (and tokenize keeps 20 en / 30 zh
 # tokens of an expression).
 DEFAULT_MAX_CHARS = {"en": 300, "zh": 150}

@@ -139,16 +139,18 @@ def _look(uri: str, policy: ImagePolicy) -> _Seen:
     return _Seen(size, None)
 
 
-def _read(uri: str) -> bytes:
-    """The bytes of an s3:// object or of a local regular file (never a device or a FIFO, whose
-    reading could block or never end)."""
+def _read(uri: str) -> bytes | str:
+    """The bytes of an s3:// object, or the path of a local regular file (never a device or a
+    FIFO, whose reading could block or never end)."""
     if storage.is_s3(uri):
         return storage.read_bytes(uri)
     if not os.path.exists(uri):
         raise FileNotFoundError(uri)
     if not os.path.isfile(uri):
         raise OSError("not a regular file")
-    return storage.read_bytes(uri)
+    if not os.access(uri, os.R_OK):
+        raise OSError("permission denied")
+    return uri
 
 
 def _mask_size(mask) -> tuple[int, int] | None:

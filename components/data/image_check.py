@@ -46,20 +46,25 @@ def pixel_limit(max_pixels: int) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def decode_check(data: bytes, max_pixels: int) -> tuple[tuple[int, int] | None, DecodeProblem | None]:
-    """((width, height), None) for an image that decodes fully within ``max_pixels``, else
-    (size or None, the problem). Call it inside :func:`pixel_limit`."""
+def decode_check(data: bytes | str, max_pixels: int
+                 ) -> tuple[tuple[int, int] | None, DecodeProblem | None]:
+    """((width, height), None) for an image (its bytes, or a local file's path: read as it is
+    decoded, never whole into memory) that decodes fully within ``max_pixels``, else (size or
+    None, the problem). Call it inside :func:`pixel_limit`."""
     from PIL import Image, UnidentifiedImageError
+
+    def source():
+        return io.BytesIO(data) if isinstance(data, bytes) else data
 
     size = None
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(source()) as im:
             size = w, h = im.size
             if w * h > max_pixels:
                 return size, DecodeProblem("too_many_pixels",
                                            f"{w}x{h} = {w * h} pixels > limit {max_pixels}")
             im.verify()
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(source()) as im:
             if im.format == "JPEG":  # DCT-domain downscale: reads every byte, decodes ~5x faster
                 im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
             im.load()  # verify() does not decode: a truncated file fails only here
