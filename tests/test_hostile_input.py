@@ -1,7 +1,8 @@
 """Hostile and broken input end to end (docs/reliability.md): paths built from data never leave
 their root, split names follow one rule, a checkpoint meets only the vocabulary it was trained on
-(by content), and a user's mistake with a model URI, a run id or a config file is one line and
-exit 1. Budget: about a minute (a tiny untrained network, SQLite MLflow stores)."""
+(by content), a user's mistake with a model URI, a run id or a config file is one line and
+exit 1, and check-translations quarantines every image defect and invisible or over-long text
+before training. Budget: about a minute (a tiny untrained network, SQLite MLflow stores)."""
 
 from __future__ import annotations
 
@@ -453,6 +454,8 @@ def test_check_quarantines_every_image_defect_and_hostile_text(synth_dataset, tm
         [i for rows, check, _ in planted.values() if check == "image" for i in rows])
     assert set(clean["sample_id"]).isdisjoint(df.loc[sorted(bad), "sample_id"])
     assert summary["config"]["max_image_pixels"] == 20000
+    assert summary["images"]["checked"] == df["image_uri"].nunique() == 12
+    assert summary["images"]["refused"] == 10
 
 
 def test_tokenize_keeps_control_characters_out_of_the_vocabulary():
