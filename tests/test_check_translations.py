@@ -408,7 +408,8 @@ def test_expressions_over_the_maximum_length_are_quarantined():
 @pytest.mark.parametrize("kwargs,words", [
     ({"max_chars_en": 0}, "max_chars_en must be at least 1"),
     ({"max_chars_zh": -5}, "max_chars_zh must be at least 1"),
-    ({"max_image_pixels": 0}, "max_image_pixels must be at least 1"),
+    ({"max_image_pixels": 0}, "max_image_pixels must be in [1, "),
+    ({"max_image_pixels": 10**9}, "(the training loader refuses bigger images)"),
     ({"image_roots": ["http://example.com/imgs"]}, "give a local folder or an s3:// prefix"),
 ])
 def test_bad_limits_are_refused_before_reading(tmp_path, kwargs, words):

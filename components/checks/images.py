@@ -44,8 +44,9 @@ class ImagePolicy:
     workers: int = 4
 
     def __post_init__(self) -> None:
-        if self.max_pixels < 1:
-            raise ConfigError(f"max_image_pixels must be at least 1, got {self.max_pixels}")
+        if not 1 <= self.max_pixels <= loader_pixel_limit():
+            raise ConfigError(f"max_image_pixels must be in [1, {loader_pixel_limit()}] (the "
+                              f"training loader refuses bigger images), got {self.max_pixels}")
         if not self.roots:
             raise ConfigError("image roots: give at least one local folder or s3:// prefix")
         for root in self.roots:
@@ -78,6 +79,14 @@ class ImagePolicy:
                 return None
         return f"outside the allowed roots ({', '.join(self.roots)})" + (
             f"; it resolves to {real}" if real != os.path.abspath(uri) else "")
+
+
+def loader_pixel_limit() -> int:
+    """The most pixels the training loader opens: Pillow refuses more than twice its
+    ``MAX_IMAGE_PIXELS`` (a decompression bomb) and only warns below."""
+    from PIL import Image
+
+    return 2 * int(Image.MAX_IMAGE_PIXELS)
 
 
 def default_roots(manifest_uri: str) -> tuple[str, ...]:
