@@ -3,7 +3,7 @@
 The manifest is built by replicating the rows of a synthetic dataset (components.synth) with unique
 sample ids until it holds ``--n`` rows, so every check runs on every row and nothing is flagged.
 Timed: the whole step as the pipeline calls it (``check_translations``: read, every per-row check,
-jieba segmentation on all cores, the Great Expectations checkpoint with Data Docs, writing clean /
+jieba segmentation on all cores, opening each of the 400 distinct images once, the Great Expectations checkpoint with Data Docs, writing clean /
 quarantine / summary), in a fresh process so the Great Expectations import is counted too.
 
 Two runs: replicated rows (their strings repeat; the step handles distinct strings once), and the
@@ -35,9 +35,9 @@ def build_manifest(path: str, n: int, seed: int = 0, distinct: bool = False) -> 
     from components.data import manifest as mf
     from components.synth import generate
 
-    with tempfile.TemporaryDirectory() as d:
-        generate(d, n_images=400, seed=seed)
-        base = mf.read_manifest(os.path.join(d, "manifest.parquet"))
+    synth = os.path.join(os.path.dirname(path), "synth")  # the images stay next to the manifest
+    generate(synth, n_images=400, seed=seed)              # (the step opens each one once)
+    base = mf.read_manifest(os.path.join(synth, "manifest.parquet"))
     reps = -(-n // len(base))
     parts = []
     for r in range(reps):

@@ -1,7 +1,8 @@
 """The check-translations step: Great Expectations checks of every English/Chinese pair.
 
-Every row of the manifest is checked (completeness, script, length, meaning, duplicates, schema:
-see :mod:`components.checks.compute`), the results are validated as one Great Expectations suite
+Every row of the manifest is checked (completeness, script, length, meaning, duplicates, schema,
+image: see :mod:`components.checks.compute`; every distinct image is opened and decoded once), the
+results are validated as one Great Expectations suite
 with one expectation per check, and a checkpoint's ``UpdateDataDocsAction`` publishes the data
 validation report (Data Docs HTML). The bilingual lexicon of the meaning check is
 ``components/data/lexicon.tsv`` and the English words allowed in Chinese text are in
@@ -32,6 +33,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from components.checks.characters import DEFAULT_MAX_CHARS
 from components.checks.compute import CHECK_DESCRIPTIONS, CHECKS, CheckConfig, compute_checks
 from components.checks.expectations import SUITE, run_great_expectations
 from components.checks.gate import DEFAULT_MAX_FAIL_RATE, Gate, TranslationGateError
@@ -44,6 +46,7 @@ from components.checks.lexicon import (
 from components.checks.results import SUMMARY, Outcome, summary, write_tables
 from components.checks.schema import read_raw
 from components.data import manifest as mf
+from components.data.image_check import DEFAULT_MAX_PIXELS
 from components.data.names import check_split_name
 from components.data.storage import staged_output
 from components.errors import ConfigError
@@ -73,6 +76,11 @@ class CheckOptions:
             raise ConfigError(f"length band must be 0 < low < high, got {band}")
         for split in self.checks.known_splits:
             check_split_name(split, "known split")
+        for lang in ("en", "zh"):
+            limit = getattr(self.checks, f"max_chars_{lang}")
+            if limit < 1:
+                raise ConfigError(f"max_chars_{lang} must be at least 1, got {limit}")
+        self.checks.image_policy(self.manifest_uri)  # refuses a bad root or pixel limit
 
 
 def check_manifest(opts: CheckOptions) -> dict:
@@ -90,7 +98,7 @@ def check_manifest(opts: CheckOptions) -> dict:
     timings = {"read": _since(t0)}
     log.info("%d rows; running %d checks (%d lexicon concepts)", len(df), len(CHECKS),
              len(lexicon.concepts))
-    reasons, stats = compute_checks(df, cfg, lexicon, allow)
+    reasons, stats = compute_checks(df, cfg, lexicon, allow, cfg.image_policy(opts.manifest_uri))
     timings.update(stats["timings_s"])
     outcome = Outcome.of(reasons)
     gate = Gate(len(outcome.bad_idx), len(df), opts.max_fail_rate)
@@ -107,7 +115,10 @@ def check_manifest(opts: CheckOptions) -> dict:
         timings["total"] = _since(t_start)
         config = {"min_cjk_ratio": cfg.min_cjk_ratio, "known_splits": list(cfg.known_splits),
                   "bbox_tolerance": cfg.bbox_tolerance, "lexicon": lexicon.sources,
-                  "lexicon_concepts": len(lexicon.concepts), "allowlist": cfg.allowlists}
+                  "lexicon_concepts": len(lexicon.concepts), "allowlist": cfg.allowlists,
+                  "max_chars": {"en": cfg.max_chars_en, "zh": cfg.max_chars_zh},
+                  "image_roots": stats.get("images", {}).get("roots"),
+                  "max_image_pixels": cfg.max_image_pixels}
         result = summary(opts.manifest_uri, outcome, messages, gate, stats, config, gx_result,
                          local_out, str(opts.out_dir), timings)
         with open(os.path.join(local_out, SUMMARY), "w", encoding="utf-8") as fh:
@@ -128,19 +139,26 @@ def check_translations(manifest_uri: str, out_dir: str, max_fail_rate: float = D
                        lexicon: list[str] | str | None = None, allowlist: list[str] | str | None = None,
                        min_cjk_ratio: float = 0.6, length_band: tuple[float, float] | None = None,
                        known_splits: tuple[str, ...] | None = None, bbox_tolerance: float = 1.0,
-                       workers: int | None = None) -> dict:
+                       workers: int | None = None, max_chars_en: int = DEFAULT_MAX_CHARS["en"],
+                       max_chars_zh: int = DEFAULT_MAX_CHARS["zh"],
+                       image_roots: list[str] | str | None = None,
+                       max_image_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """The step in keyword form (as the pipeline calls it): builds :class:`CheckOptions` and runs
     :func:`check_manifest`. ``lexicon`` / ``allowlist``: one file or several (default
-    ``components/data/lexicon.tsv`` / ``components/data/allowlist_en.txt``)."""
+    ``components/data/lexicon.tsv`` / ``components/data/allowlist_en.txt``). ``image_roots``:
+    local folders and s3:// prefixes the images must lie in (default: the manifest's folder and
+    any s3:// object)."""
     checks = CheckConfig(
         min_cjk_ratio=min_cjk_ratio, length_band=length_band,
         known_splits=tuple(known_splits or mf.KNOWN_SPLITS), bbox_tolerance=bbox_tolerance,
         lexicons=_listed(lexicon, DEFAULT_LEXICON), allowlists=_listed(allowlist, DEFAULT_ALLOWLIST),
-        workers=workers)
+        workers=workers, max_chars_en=int(max_chars_en), max_chars_zh=int(max_chars_zh),
+        image_roots=tuple(_listed(image_roots, None)) if image_roots else None,
+        max_image_pixels=int(max_image_pixels))
     return check_manifest(CheckOptions(manifest_uri, out_dir, max_fail_rate, checks))
 
 
-def _listed(paths: list[str] | str | None, default: str) -> list[str]:
+def _listed(paths: list[str] | str | None, default: str | None) -> list[str]:
     return [paths] if isinstance(paths, str) else list(paths or [default])
 
 
@@ -169,6 +187,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="least share of Chinese characters in text_zh (default 0.6)")
     p.add_argument("--length-band", type=_band, default=None, metavar="LOW,HIGH",
                    help="band of (zh words + 1) / (en words + 1); default: learned from the data")
+    p.add_argument("--max-chars-en", type=int, default=DEFAULT_MAX_CHARS["en"], metavar="N",
+                   help=f"longest English expression in characters (default {DEFAULT_MAX_CHARS['en']})")
+    p.add_argument("--max-chars-zh", type=int, default=DEFAULT_MAX_CHARS["zh"], metavar="N",
+                   help=f"longest Chinese expression in characters (default {DEFAULT_MAX_CHARS['zh']})")
+    p.add_argument("--image-root", action="append", default=None, metavar="ROOT",
+                   help="local folder or s3:// prefix the images must lie in (repeatable; default: "
+                        "the manifest's folder and any s3:// object; given roots replace it)")
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse images with more pixels (default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--workers", type=int, default=None, help="jieba processes (default: all cores)")
 
 
@@ -176,7 +203,9 @@ def run(args) -> int:
     s = check_translations(args.manifest, args.out, max_fail_rate=args.max_fail_rate,
                            lexicon=args.lexicon, allowlist=args.allowlist,
                            min_cjk_ratio=args.min_cjk_ratio, length_band=args.length_band,
-                           workers=args.workers)
+                           workers=args.workers, max_chars_en=args.max_chars_en,
+                           max_chars_zh=args.max_chars_zh, image_roots=args.image_root,
+                           max_image_pixels=args.max_image_pixels)
     print(f"check-translations: {s['rows_in']} rows -> {s['rows_clean']} clean, "
           f"{s['rows_quarantined']} quarantined ({s['fail_rate']:.2%}, gate "
           f"{s['max_fail_rate']:.2%}) in {s['timings_s']['total']} s; report {s['report']}")

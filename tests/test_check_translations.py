@@ -109,6 +109,24 @@ def plant_faults(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     i = pick(lambda r: True)
     df.at[i, "split"] = "../../etc"
     planted["split leaving the shard folder"] = ([i], "schema", "unknown split")
+    # invisible characters, an over-long pair whose length ratio is that of a normal pair, and an
+    # image that is not there (every row of the image)
+    i = pick(lambda r: True)
+    df.at[i, "text_zh"] = "\u202e" + df.at[i, "text_zh"]
+    planted["bidi override"] = ([i], "script", "control character: U+202E")
+    i = pick(lambda r: True)
+    df.at[i, "text_en"] = df.at[i, "text_en"].replace(" ", "\x00", 1)
+    planted["NUL byte"] = ([i], "script", "control character: U+0000 (NULL) in text_en")
+    i = pick(lambda r: True)
+    k = 10_000 // len(df.at[i, "text_en"])
+    df.at[i, "text_en"] = " ".join([df.at[i, "text_en"]] * k)
+    df.at[i, "text_zh"] = df.at[i, "text_zh"] * k
+    planted["10,000-character pair"] = ([i], "length", "too long: text_en has")
+    i = pick(lambda r: True)
+    rows = [i] + [j for j in df.index[df["image_uri"] == df.at[i, "image_uri"]] if j not in used]
+    used.update(rows)
+    df.loc[rows, "image_uri"] = os.path.join(os.path.dirname(df.at[i, "image_uri"]), "gone.png")
+    planted["missing image"] = (rows, "image", "missing image")
     return df, planted
 
 
@@ -120,8 +138,10 @@ def planted_run(synth_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("check")
     path = write_raw_manifest(df, str(root / "faulty.parquet"))
     out = root / "out"
-    result = ct.check_translations(path, str(out), max_fail_rate=0.05)
-    return {"df": df, "planted": planted, "out": out, "result": result, "path": path}
+    result = ct.check_translations(path, str(out), max_fail_rate=0.10,
+                                   image_roots=[str(synth_dataset)])
+    return {"df": df, "planted": planted, "out": out, "result": result, "path": path,
+            "images": str(synth_dataset)}
 
 
 def test_every_planted_fault_is_quarantined_with_its_reason(planted_run):
@@ -211,7 +231,7 @@ def test_gate_stops_over_threshold_from_the_cli(planted_run, tmp_path, capsys):
 
     out = tmp_path / "gate"
     rc = main(["check-translations", "--manifest", planted_run["path"], "--out", str(out),
-               "--max-fail-rate", "0.01", "--quiet"])
+               "--max-fail-rate", "0.01", "--image-root", planted_run["images"], "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1
     n_bad = planted_run["result"]["rows_quarantined"]
@@ -337,10 +357,92 @@ def test_s3_manifest_and_output(synth_dataset, s3_bucket):
 
     df = mf.read_manifest(str(Path(synth_dataset) / "manifest.parquet")).iloc[:40]
     src = mf.write_manifest(df, f"{s3_bucket}/in/manifest.parquet")
-    res = ct.check_translations(src, f"{s3_bucket}/out")
+    res = ct.check_translations(src, f"{s3_bucket}/out", image_roots=[str(synth_dataset)])
     assert res["rows_in"] == res["rows_clean"] == 40 and res["rows_quarantined"] == 0
     assert res["report"] == f"{s3_bucket}/out/gx/uncommitted/data_docs/local_site/index.html"
     assert storage.exists(res["report"]) and storage.exists(res["validation_page"])
     assert len(mf.read_manifest(f"{s3_bucket}/out/clean.parquet")) == 40
     summary = json.loads(storage.read_bytes(f"{s3_bucket}/out/summary.json"))
     assert summary["rows_clean"] == 40
+
+
+def test_control_characters_are_named_and_whitespace_is_allowed():
+    pairs = [
+        ("the red circle", "红色的\u202e圆形"),            # bidi override
+        ("the red\x00circle", "红色的圆形"),               # NUL
+        ("the red circle", "红色的\u2066圆形\u2069"),      # isolates
+        ("the red\u200bcircle", "红色的圆形\ufeff"),       # zero-width space, BOM
+        ("the red circle\u2028", "红色的\u00ad圆形"),      # line separator, soft hyphen
+        ("the\tred circle\n", "红色的\u3000圆形\r\n"),     # tab, newline, ideographic space: ok
+        ("the red\u00a0circle", "红色的 圆形"),            # no-break space: ok
+    ]
+    reasons, _ = compute_checks(_pairs_frame(pairs))
+    script = [list(reasons["script"].iat[i]) for i in range(len(pairs))]
+    assert script[0] == ["control character: U+202E (RIGHT-TO-LEFT OVERRIDE) in text_zh"]
+    assert script[1] == ["control character: U+0000 (NULL) in text_en"]
+    assert script[2] == ["control character: U+2066 (LEFT-TO-RIGHT ISOLATE), U+2069 (POP "
+                         "DIRECTIONAL ISOLATE) in text_zh"]
+    assert script[3] == ["control character: U+200B (ZERO WIDTH SPACE) in text_en",
+                         "control character: U+FEFF (ZERO WIDTH NO-BREAK SPACE) in text_zh"]
+    assert script[4] == ["control character: U+2028 (LINE SEPARATOR) in text_en",
+                         "control character: U+00AD (SOFT HYPHEN) in text_zh"]
+    assert script[5] == [] and script[6] == []
+
+
+def test_expressions_over_the_maximum_length_are_quarantined():
+    long_en, long_zh = " ".join(["the red circle"] * 25), "红色的圆形" * 40   # 374 and 200 chars
+    df = _pairs_frame([(long_en, long_zh), ("the red circle", "红色的圆形"),
+                       ("the red circle on the left", "左边的红色圆形")])
+    reasons, _ = compute_checks(df)
+    assert reasons["length"].iat[0] == [
+        "too long: text_en has 374 characters, over the limit of 300 (--max-chars-en)",
+        "too long: text_zh has 200 characters, over the limit of 150 (--max-chars-zh)"]
+    assert reasons["length"].iat[1] == [] and reasons["length"].iat[2] == []
+    reasons, _ = compute_checks(df, CheckConfig(max_chars_en=20, max_chars_zh=6))
+    assert reasons["length"].iat[1] == []
+    assert reasons["length"].iat[2] == [
+        "too long: text_en has 26 characters, over the limit of 20 (--max-chars-en)",
+        "too long: text_zh has 7 characters, over the limit of 6 (--max-chars-zh)"]
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"max_chars_en": 0}, "max_chars_en must be at least 1"),
+    ({"max_chars_zh": -5}, "max_chars_zh must be at least 1"),
+    ({"max_image_pixels": 0}, "max_image_pixels must be in [1, "),
+    ({"max_image_pixels": 10**9}, "(the training loader refuses bigger images)"),
+    ({"image_roots": ["http://example.com/imgs"]}, "give a local folder or an s3:// prefix"),
+])
+def test_bad_limits_are_refused_before_reading(tmp_path, kwargs, words):
+    from components.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        ct.check_translations(str(tmp_path / "none.parquet"), str(tmp_path / "out"), **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_images_on_s3_are_checked_under_their_prefixes(synth_dataset, s3_bucket):
+    """s3:// images: read once through storage; a missing object, a truncated one and one outside
+    the given prefix are named; the default allows every bucket."""
+    from components.checks.images import ImagePolicy
+    from components.data import storage
+
+    df = mf.read_manifest(str(Path(synth_dataset) / "manifest.parquet"))
+    df = df[df["image_id"] < 4].reset_index(drop=True)
+    good = Path(df.at[0, "image_uri"]).read_bytes()
+    storage.write_bytes(f"{s3_bucket}/imgs/good.png", good)
+    storage.write_bytes(f"{s3_bucket}/imgs/cut.png", good[:100])
+    storage.write_bytes(f"{s3_bucket}/other/good.png", good)
+    uris = [f"{s3_bucket}/imgs/good.png", f"{s3_bucket}/imgs/gone.png", f"{s3_bucket}/imgs/cut.png",
+            f"{s3_bucket}/other/good.png"]
+    df["image_uri"] = [uris[int(i)] for i in df["image_id"]]
+    policy = ImagePolicy.of("s3://x/m.parquet", [f"{s3_bucket}/imgs"], workers=2)
+    reasons, stats = compute_checks(df, images=policy)
+    got = {uris[int(df.at[i, "image_id"])]: list(reasons["image"].iat[i]) for i in range(len(df))}
+    assert got[uris[0]] == [] and stats["images"]["checked"] == 4
+    assert got[uris[1]] == [f"missing image: {uris[1]}: no such file"]
+    assert got[uris[2]] == [f"truncated image: {uris[2]}: cannot decode (Truncated File Read)"]
+    assert got[uris[3]] == [f"refused image_uri: {uris[3]} outside the allowed roots "
+                            f"({s3_bucket}/imgs)"]
+    everywhere = ImagePolicy.of(f"{s3_bucket}/m.parquet", None)
+    assert everywhere.roots == ("s3://",) and everywhere.outside(uris[3]) is None
+    assert "outside the allowed roots" in everywhere.outside(str(Path(synth_dataset) / "x.png"))

@@ -1,7 +1,8 @@
 """Hostile and broken input end to end (docs/reliability.md): paths built from data never leave
 their root, split names follow one rule, a checkpoint meets only the vocabulary it was trained on
-(by content), and a user's mistake with a model URI, a run id or a config file is one line and
-exit 1. Budget: about a minute (a tiny untrained network, SQLite MLflow stores)."""
+(by content), a user's mistake with a model URI, a run id or a config file is one line and
+exit 1, and check-translations quarantines every image defect and invisible or over-long text
+before training. Budget: about a minute (a tiny untrained network, SQLite MLflow stores)."""
 
 from __future__ import annotations
 
@@ -413,3 +414,158 @@ def test_config_types_are_checked_where_they_are_given():
         load_run_config("small", {"memory_cache": 1})
     with pytest.raises(ConfigError, match="levels must be list"):
         ModelConfig(levels="res3")
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. check-translations opens every image once and refuses invisible or over-long text, so that
+#    training never dies on a row the checks could have caught
+def _png_header_bomb(path: Path, side: int = 50_000) -> str:
+    """A PNG of a few dozen bytes whose header says side x side pixels (a decompression bomb:
+    Pillow refuses it by its header, nothing is decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return str(path)
+
+
+def _hostile_image_manifest(synth: Path, root: Path) -> tuple[Path, dict]:
+    """The first 12 images of the synthetic set copied under ``root``, then one defect per image
+    (every row of it) and per row; returns the manifest and {defect: (rows, check, words)}."""
+    from PIL import Image
+
+    df = mf.read_manifest(str(synth / "manifest.parquet"))
+    df = df[df["image_id"] < 12].reset_index(drop=True)
+    (root / "images").mkdir(parents=True)
+    for uri in df["image_uri"].unique():
+        shutil.copy(uri, root / "images" / Path(uri).name)
+    df["image_uri"] = [str(root / "images" / Path(u).name) for u in df["image_uri"]]
+    outside = root.parent / "elsewhere"
+    outside.mkdir()
+    good = Path(df.at[0, "image_uri"]).read_bytes()
+    files = {
+        "missing": root / "images" / "gone.png",
+        "outside the root": outside / "x.png",
+        "symlink out of the root": root / "images" / "link.png",
+        "not an image": root / "images" / "notes.png",
+        "truncated PNG": root / "images" / "cut.png",
+        "decompression bomb": root / "images" / "bomb.png",
+        "over the pixel limit": root / "images" / "big.png",
+        "a folder": root / "images" / "folder.png",
+        "a FIFO": root / "images" / "fifo.png",
+        "http scheme": "http://example.com/x.png",
+    }
+    files["outside the root"].write_bytes(good)
+    files["symlink out of the root"].symlink_to(files["outside the root"])
+    files["not an image"].write_text("not a picture\n")
+    files["truncated PNG"].write_bytes(good[: len(good) // 2])
+    _png_header_bomb(files["decompression bomb"])
+    Image.new("RGB", (200, 200)).save(files["over the pixel limit"])  # 40,000 > 20,000 px
+    files["a folder"].mkdir()
+    import os
+
+    os.mkfifo(files["a FIFO"])
+    words = {"missing": "missing image", "outside the root": "outside the allowed roots",
+             "symlink out of the root": "outside the allowed roots", "not an image":
+             "not an image", "truncated PNG": "truncated image", "decompression bomb":
+             "too many pixels", "over the pixel limit": "too many pixels",
+             "a folder": "not a regular file", "a FIFO": "not a regular file",
+             "http scheme": "scheme 'http' is not allowed"}
+    planted: dict[str, tuple[list[int], str]] = {}
+    for image_id, (defect, target) in zip(range(1, 11), files.items(), strict=True):
+        rows = df.index[df["image_id"] == image_id].tolist()
+        df.loc[rows, "image_uri"] = str(target)
+        planted[defect] = (rows, "image", words[defect])
+    r = df.index[df["image_id"] == 11][0]
+    m = mf.decode_mask(df.at[r, "mask"])
+    df.at[r, "mask"] = mf.encode_mask(np.pad(m, ((0, 2), (0, 0))))
+    planted["mask size differs from the image"] = ([r], "image", "mask size differs: the mask "
+                                                   "is 130x128 but image")
+    r = df.index[df["image_id"] == 0]
+    planted["bidi override"] = ([r[0]], "script", "control character: U+202E")
+    df.at[r[0], "text_zh"] = "\u202e" + df.at[r[0], "text_zh"]
+    planted["NUL"] = ([r[1]], "script", "control character: U+0000 (NULL) in text_en")
+    df.at[r[1], "text_en"] = "the\x00" + df.at[r[1], "text_en"]
+    k = 10_000 // len(df.at[r[2], "text_en"])
+    df.at[r[2], "text_en"] = " ".join([df.at[r[2], "text_en"]] * k)
+    df.at[r[2], "text_zh"] = df.at[r[2], "text_zh"] * k
+    planted["10,000-character pair"] = ([r[2]], "length", "too long: text_en has")
+    return Path(mf.write_manifest(df, str(root / "manifest.parquet"))), planted
+
+
+def test_check_quarantines_every_image_defect_and_hostile_text(synth_dataset, tmp_path, capsys):
+    """One manifest with each image defect (missing, outside the root, through a symlink, not an
+    image, truncated, a decompression bomb, over the configured pixel limit, a folder, a FIFO, an
+    http:// URI, a mask of another size) and invisible or over-long text: every such row is
+    quarantined with a reason naming the image, the others are kept, counts reconcile."""
+    import pyarrow.parquet as pq
+
+    manifest, planted = _hostile_image_manifest(Path(synth_dataset), tmp_path / "data")
+    out = tmp_path / "check"
+    rc = main(["check-translations", "--manifest", str(manifest), "--out", str(out),
+               "--max-image-pixels", "20000", "--max-fail-rate", "1", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    df = mf.read_manifest(str(manifest))
+    q = pq.read_table(out / "quarantine.parquet").to_pandas()
+    reasons = {int(r.row): list(r.reasons) for r in q.itertuples()}
+    bad = set()
+    for defect, (rows, check, words) in planted.items():
+        for i in rows:
+            mine = [x for x in reasons.get(i, []) if x.startswith(f"{check}: ") and words in x]
+            assert mine, (defect, reasons.get(i))
+            if check == "image":  # the reason names the image
+                assert all(df.at[i, "image_uri"] in x for x in mine), mine
+        bad.update(rows)
+    assert set(reasons) == bad  # nothing else quarantined
+    clean = mf.read_manifest(str(out / "clean.parquet"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows_in"] == len(df) == len(clean) + len(q)
+    assert summary["rows_quarantined"] == len(bad) and summary["per_check"]["image"] == len(
+        [i for rows, check, _ in planted.values() if check == "image" for i in rows])
+    assert set(clean["sample_id"]).isdisjoint(df.loc[sorted(bad), "sample_id"])
+    assert summary["config"]["max_image_pixels"] == 20000
+    assert summary["images"]["checked"] == df["image_uri"].nunique() == 12
+    assert summary["images"]["refused"] == 10
+
+
+def test_tokenize_keeps_control_characters_out_of_the_vocabulary():
+    """When check-translations was skipped, tokenize still refuses a text that keeps a control
+    character after normalisation (zero-width characters are removed by normalisation)."""
+    from components.text.checks import check_texts, tokenize_texts
+
+    texts = ["红色的\u202e圆形", "红色\x00的圆形", "红色的\u200b圆形", "红色的圆形"]
+    norms, toks = tokenize_texts(texts, "zh", workers=1)
+    assert check_texts(norms, toks, "zh") == [
+        "control character: U+202E (RIGHT-TO-LEFT OVERRIDE) in text_zh",
+        "control character: U+0000 (NULL) in text_zh", None, None]
+
+
+def test_training_loader_names_the_sample_of_a_decompression_bomb(data_dir, tmp_path):
+    """A bomb that reached training (a manifest that skipped the checks) is the loader's error
+    naming the sample and the image, not a bare Pillow traceback."""
+    from components.data.refdata import RefDataError, RefDataset
+
+    bomb = _png_header_bomb(tmp_path / "bomb.png")
+    victim = {}
+
+    def plant(df):
+        row = df.index[df["split"] == "val"][0]
+        rows = df["image_id"] == df.at[row, "image_id"]
+        victim["ids"] = set(df.loc[rows & (df["split"] == "val"), "sample_id"])
+        df.loc[rows, "image_uri"] = bomb
+        return df
+
+    data = _copy_with_manifest(Path(data_dir), tmp_path / "data", plant)
+    ds = RefDataset(str(data), "zh", "val", 32)
+    index = next(i for i in range(len(ds)) if ds._keys[i][1] == bomb)
+    with pytest.raises(RefDataError) as err:
+        ds[index]
+    msg = str(err.value)
+    assert f"image {bomb} is over the pixel limit" in msg
+    assert any(f"sample {s!r}" in msg for s in victim["ids"]), msg

@@ -3,14 +3,20 @@
 The checks, in the order they run and report:
 
 completeness  ``text_en`` and ``text_zh`` both non-empty after normalisation (trim, NFKC).
-script        see :mod:`components.checks.script`.
-length        see :mod:`components.checks.length`.
+script        see :mod:`components.checks.script`; and no control or format character on either
+              side (:mod:`components.checks.characters`).
+length        see :mod:`components.checks.length`; and neither side longer than its language's
+              maximum in characters (:mod:`components.checks.characters`).
 meaning       the bilingual lexicon (:mod:`components.checks.lexicon`): a term on one side needs its
               counterpart on the other, and a term that contradicts it (left vs 右) is a
               contradiction.
 duplicates    one Chinese text given for different English expressions of different objects
               (``ann_id``) of the same image: the translation lost the distinction.
 schema        see :mod:`components.checks.schema`.
+image         see :mod:`components.checks.images`: each distinct image opened and decoded once
+              (allowed scheme and root, present, decodable, not truncated, within the pixel
+              limit, the size of every mask that uses it). Only when :func:`compute_checks` is
+              given an :class:`ImagePolicy` (the step always gives one).
 
 Work is done once per distinct string (normalisation, tokens, script, lexicon look-ups); jieba runs
 through ``components.text.zh.segment_many`` on all cores.
@@ -24,6 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from components.checks.characters import DEFAULT_MAX_CHARS, control_reason, too_long_reason
+from components.checks.images import ImagePolicy, image_reasons
 from components.checks.length import length_reasons
 from components.checks.lexicon import (
     DEFAULT_ALLOWLIST,
@@ -35,16 +43,19 @@ from components.checks.lexicon import (
 from components.checks.schema import schema_reasons
 from components.checks.script import english_script_reasons, script_reasons
 from components.data import manifest as mf
+from components.data.image_check import DEFAULT_MAX_PIXELS
 from components.logs import get_logger
 from components.text import zh
 
 EN, ZH = mf.TEXT_COLUMN["en"], mf.TEXT_COLUMN["zh"]
-CHECKS = ("completeness", "script", "length", "meaning", "duplicates", "schema")
+CHECKS = ("completeness", "script", "length", "meaning", "duplicates", "schema", "image")
 CHECK_DESCRIPTIONS = {
     "completeness": f"completeness: {EN} and {ZH} are both non-empty after trimming",
     "script": f"script: {ZH} is mostly Chinese characters, has no U+FFFD, no mojibake (UTF-8 "
-              "read as Latin-1 or GBK) and no untranslated English words beyond the allowlist",
-    "length": "length: (Chinese jieba words + 1) / (English words + 1) lies in the band",
+              "read as Latin-1 or GBK) and no untranslated English words beyond the allowlist; "
+              "neither side has a control or format character (NUL, bidi override, zero-width)",
+    "length": "length: (Chinese jieba words + 1) / (English words + 1) lies in the band and "
+              "neither side is longer than its maximum in characters",
     "meaning": "meaning: every lexicon term (spatial, colour, number, ordinal, category) has its "
                "counterpart on the other side and none is contradicted (left vs 右)",
     "duplicates": "duplicates: no Chinese text is shared by different English expressions of "
@@ -52,6 +63,8 @@ CHECK_DESCRIPTIONS = {
     "schema": "schema: sample_id unique, split known, fields present, image_uri safe (an "
               "s3:// key without '..' or an absolute part), mask decodable and non-empty, bbox "
               "inside the image",
+    "image": "image: every image is an allowed local path or s3:// object under the allowed "
+             "roots, present, fully decodable, within the pixel limit, and the size of its masks",
 }
 
 
@@ -68,6 +81,14 @@ class CheckConfig:
     lexicons: list[str] = field(default_factory=lambda: [DEFAULT_LEXICON])
     allowlists: list[str] = field(default_factory=lambda: [DEFAULT_ALLOWLIST])
     workers: int | None = None
+    max_chars_en: int = DEFAULT_MAX_CHARS["en"]
+    max_chars_zh: int = DEFAULT_MAX_CHARS["zh"]
+    image_roots: tuple[str, ...] | None = None  # None: the manifest's folder and any s3:// object
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+
+    def image_policy(self, manifest_uri: str) -> ImagePolicy:
+        """Where the images of ``manifest_uri`` may be, and how big."""
+        return ImagePolicy.of(manifest_uri, self.image_roots, self.max_image_pixels, self.workers)
 
 
 @dataclass
@@ -103,9 +124,11 @@ class _Timer:
 
 
 def compute_checks(df: pd.DataFrame, cfg: CheckConfig | None = None, lexicon: Lexicon | None = None,
-                   allow: set[str] | None = None) -> tuple[pd.DataFrame, dict]:
+                   allow: set[str] | None = None, images: ImagePolicy | None = None
+                   ) -> tuple[pd.DataFrame, dict]:
     """Per-row reasons for every check: a frame with one column per check holding a list of
-    ``kind: detail`` strings (empty = pass), and statistics (the length band, timings)."""
+    ``kind: detail`` strings (empty = pass), and statistics (the length band, images, timings).
+    Images are opened only with an ``images`` policy (without one the image check passes)."""
     log = get_logger("check-translations")
     cfg = cfg or CheckConfig()
     lexicon = lexicon or load_lexicon(cfg.lexicons)
@@ -116,6 +139,7 @@ def compute_checks(df: pd.DataFrame, cfg: CheckConfig | None = None, lexicon: Le
     _completeness(df, texts, reasons["completeness"])
     timer.lap("completeness")
     _script(texts, allow, cfg.min_cjk_ratio, reasons["script"])
+    _controls(texts, reasons["script"])
     timer.lap("script")
     log.info("segmenting %d distinct Chinese texts with jieba", len(set(texts.zh_norm)))
     zh_toks = zh.segment_many(texts.zh_norm, workers=cfg.workers, normalized=True)
@@ -124,6 +148,7 @@ def compute_checks(df: pd.DataFrame, cfg: CheckConfig | None = None, lexicon: Le
                            np.array([len(t) for t in texts.en_toks], dtype=np.float64),
                            cfg.length_band, cfg.length_mads, cfg.length_min_factor,
                            reasons["length"])
+    _too_long(texts, cfg, reasons["length"])
     timer.lap("length")
     _meaning(texts, lexicon, reasons["meaning"])
     timer.lap("meaning")
@@ -131,6 +156,10 @@ def compute_checks(df: pd.DataFrame, cfg: CheckConfig | None = None, lexicon: Le
     timer.lap("duplicates")
     schema_reasons(df, tuple(cfg.known_splits), cfg.bbox_tolerance, reasons["schema"])
     timer.lap("schema")
+    if images is not None:
+        log.info("opening %d distinct images", df["image_uri"].nunique())
+        stats.update(image_reasons(df, images, reasons["image"]))
+        timer.lap("image")
     return pd.DataFrame(reasons), {"timings_s": timer.timings, **stats}
 
 
@@ -167,6 +196,23 @@ def _script(texts: _Texts, allow: set[str], min_cjk_ratio: float, out: list[list
                 got = script_of[key] = script_reasons(raw_zh, zh_norm, allow, min_cjk_ratio)
             out[i].extend(got)
         out[i].extend(english_script_reasons(texts.raw_en[i]))
+
+
+def _controls(texts: _Texts, out: list[list[str]]) -> None:
+    """Control and format characters on either side, as given (each distinct text once)."""
+    for raw, column in ((texts.raw_en, EN), (texts.raw_zh, ZH)):
+        for i, why in enumerate(_unique_map(raw, lambda t, c=column: control_reason(t, c))):
+            if why:
+                out[i].append(why)
+
+
+def _too_long(texts: _Texts, cfg: CheckConfig, out: list[list[str]]) -> None:
+    """Either side longer than its language's maximum in characters (as given)."""
+    for raw, column, limit, option in ((texts.raw_en, EN, cfg.max_chars_en, "--max-chars-en"),
+                                       (texts.raw_zh, ZH, cfg.max_chars_zh, "--max-chars-zh")):
+        for i, text in enumerate(raw):
+            if len(text) > limit:
+                out[i].append(too_long_reason(text, column, limit, option))
 
 
 def _meaning(texts: _Texts, lexicon: Lexicon, out: list[list[str]]) -> None:

@@ -99,7 +99,7 @@ def final_path(path: str | None, local_out: str, final_out: str) -> str | None:
 def summary(manifest_uri: str, outcome: Outcome, messages: pd.DataFrame, gate: Gate, stats: dict,
             config: dict, gx_result: dict, local_out: str, final_out: str, timings: dict) -> dict:
     """The content of summary.json: counts (rows_in = rows_clean + rows_quarantined), counts per
-    check and reason, the length band, the gate, the configuration, Great Expectations' results,
+    check and reason, the length band, the images checked and refused, the gate, the configuration, Great Expectations' results,
     the report's path, the outputs and the timings."""
     n = gate.rows
     out = {
@@ -116,6 +116,7 @@ def summary(manifest_uri: str, outcome: Outcome, messages: pd.DataFrame, gate: G
                      for c in CHECKS},
         "length_band": stats["length_band"],
         "words": stats.get("words", {}),
+        "images": stats.get("images", {}),
         "config": config,
         "great_expectations": {"suite": SUITE, "success": gx_result["success"],
                                "expectations": gx_result["expectations"]},

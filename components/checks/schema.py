@@ -81,13 +81,14 @@ def _image_uris(df: pd.DataFrame, out: list[list[str]]) -> None:
     for i, uri in enumerate(df["image_uri"]):
         if not isinstance(uri, str) or not uri.strip():
             continue  # "missing: image_uri" already
-        why = _unsafe_uri(uri)
+        why = unsafe_uri(uri)
         if why:
             out[i].append(f"unsafe image_uri: {why}")
 
 
-def _unsafe_uri(uri: str) -> str | None:
-    """Why ``uri`` cannot be used safely, or None."""
+def unsafe_uri(uri: str) -> str | None:
+    """Why ``uri`` cannot be used safely (a NUL byte; an s3:// key that would leave the image
+    cache), or None."""
     if "\x00" in uri:
         return f"{uri!r} contains a NUL byte"
     if not storage.is_s3(uri):

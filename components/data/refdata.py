@@ -172,17 +172,30 @@ class RefDataset:
     def _local_image(self, uri: str) -> str:
         return storage.local_copy(uri, self.cache_dir)
 
-    def _read_image(self, uri: str) -> np.ndarray:
+    def _read_image(self, uri: str, record: str = "") -> np.ndarray:
+        """The image as uint8 HxWx3. A missing, undecodable or truncated image, or one over
+        Pillow's pixel limit (a decompression bomb), is an error naming the image and ``record``
+        (the sample that uses it), never a bare Pillow error: check-translations quarantines such
+        images before training (components/checks/images.py)."""
         from PIL import Image
 
+        where = f"{record}: " if record else ""
         path = self._local_image(uri)
         try:
             with Image.open(path) as im:
                 return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
         except FileNotFoundError:
-            raise MissingInputError(f"image {uri}: no such file") from None
+            raise MissingInputError(f"{where}image {uri}: no such file") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise RefDataError(f"{where}image {uri} is over the pixel limit (decompression bomb "
+                               f"guard): {exc}") from exc
         except OSError as exc:
-            raise RefDataError(f"image {uri} cannot be decoded: {exc}") from exc
+            raise RefDataError(f"{where}image {uri} cannot be decoded: {exc}") from exc
+
+    def _record(self, index: int) -> str:
+        """The sample that names image ``index`` in errors (its first expression)."""
+        members = self._members[index]
+        return f"sample {self._sample_ids[members[0]]!r}" if len(members) else ""
 
     def _resized(self, index: int, rows=None):
         """(uint8 [3,S,S] tensor, {row: uint8 [S,S] tensor}) for image ``index``: the masks of
@@ -192,7 +205,7 @@ class RefDataset:
         if index in self._mem:
             return self._mem[index]
         iid, uri = self._keys[index]
-        img = self._read_image(uri)
+        img = self._read_image(uri, self._record(index))
         h, w = img.shape[:2]
         self._height[index], self._width[index] = self.fit.region(h, w)
         x = self.fit.image(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0)
@@ -295,11 +308,12 @@ class RefDataset:
                                f"{self._dup_image_ids[iid][:3]}; use image(index)")
         if iid not in self._by_image_id:
             raise KeyError(f"image_id {iid} is not in split {self.split!r} of {self.data_dir}")
-        return self._read_image(self._keys[self._by_image_id[iid]][1])
+        index = self._by_image_id[iid]
+        return self._read_image(self._keys[index][1], self._record(index))
 
     def image(self, index: int) -> np.ndarray:
         """The image of item ``index`` at its original resolution (uint8 HxWx3)."""
-        return self._read_image(self._keys[int(index)][1])
+        return self._read_image(self._keys[int(index)][1], self._record(int(index)))
 
 
 def collate_grouped(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

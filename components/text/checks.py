@@ -2,7 +2,9 @@
 
 A text is refused (quarantined, with the reason) when it is empty after normalisation, is in
 another script than its column's language (no Chinese characters in ``text_zh``, no Latin letters
-in ``text_en``), or holds a token longer than ``max_token_chars``. :func:`screen` applies that to
+in ``text_en``), still holds a control or format character after normalisation (NUL, a bidi
+override: :mod:`components.checks.characters`; check-translations quarantines them first, this
+keeps them out of the vocabulary when that step was skipped), or holds a token longer than ``max_token_chars``. :func:`screen` applies that to
 every requested language of a manifest: a row is kept only when all of them pass, so every
 language's encoded data holds the same rows in the same order.
 """
@@ -17,6 +19,7 @@ from functools import cached_property
 
 import numpy as np
 
+from components.checks.characters import control_reason
 from components.text import zh
 
 MAX_TOKEN_CHARS = 30
@@ -48,7 +51,7 @@ def check_text(norm: str, tokens: list[str], lang: str, max_token_chars: int = M
     """Reason to quarantine one text, or None."""
     if not norm or not tokens:
         return "empty after normalisation"
-    reason = script_reason(norm, lang)
+    reason = control_reason(norm, f"text_{lang}") or script_reason(norm, lang)
     if reason:
         return reason
     long = [t for t in tokens if len(t) > max_token_chars]

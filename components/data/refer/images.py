@@ -3,44 +3,27 @@ root, present, fully decodable, the size instances.json says, and under the pixe
 
 from __future__ import annotations
 
-import io
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 from components.data import storage
+from components.data.image_check import DEFAULT_MAX_PIXELS, decode_check, pixel_limit
 from components.data.refer.quarantine import Problem
 from components.data.refer.values import as_label
 
-DEFAULT_MAX_PIXELS = 40_000_000
+__all__ = ["DEFAULT_MAX_PIXELS", "check_image", "check_images"]
 
 
 def check_image(uri: str, height: int, width: int, max_pixels: int) -> Problem | None:
-    """Read and decode one image; the problem that refuses it, or None."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Read and decode one image (:func:`components.data.image_check.decode_check`); the problem
+    that refuses it, or None."""
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError:
         return Problem("missing_image", f"{uri}: no such file")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                return Problem(
-                    "too_many_pixels", f"{uri}: {w}x{h} = {w * h} pixels > limit {max_pixels}"
-                )
-            im.verify()
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format == "JPEG":  # DCT-domain downscale: reads every byte, decodes ~5x faster
-                im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
-            im.load()  # verify() does not decode: a truncated file fails only here
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return Problem("too_many_pixels", f"{uri}: over the pixel limit {max_pixels} ({exc})")
-    except UnidentifiedImageError:
-        return Problem("corrupt_image", f"{uri}: not a decodable image")
-    except (OSError, SyntaxError, ValueError) as exc:
-        code = "truncated_image" if "truncated" in str(exc).lower() else "corrupt_image"
-        return Problem(code, f"{uri}: cannot decode ({exc})")
+    size, problem = decode_check(data, max_pixels)
+    if problem is not None:
+        return Problem(problem.code, f"{uri}: {problem.detail}")
+    w, h = size
     if (w, h) != (width, height):
         return Problem(
             "size_mismatch",
@@ -68,8 +51,6 @@ def check_images(
 ) -> dict[int, tuple[str | None, Problem | None]]:
     """Check each image once. ``images``: image_id -> instances.json entry (None: not listed).
     Returns image_id -> (image_uri or None, problem or None)."""
-    from PIL import Image
-
     out: dict[int, tuple[str | None, Problem | None]] = {}
     jobs: dict[int, tuple[str, int, int]] = {}
     for image_id, info in images.items():
@@ -79,19 +60,10 @@ def check_images(
         else:
             jobs[image_id] = found
 
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        with warnings.catch_warnings():
-            # PIL only warns between MAX_IMAGE_PIXELS and twice that; make it an error here.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                futures = {
-                    i: pool.submit(check_image, uri, h, w, max_pixels)
-                    for i, (uri, h, w) in jobs.items()
-                }
-                for i, fut in futures.items():
-                    out[i] = (jobs[i][0], fut.result())
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
+    with pixel_limit(max_pixels), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {
+            i: pool.submit(check_image, uri, h, w, max_pixels) for i, (uri, h, w) in jobs.items()
+        }
+        for i, fut in futures.items():
+            out[i] = (jobs[i][0], fut.result())
     return out
