@@ -182,16 +182,52 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def test_manifest_schema_version_missing(tmp_path):
+def test_manifest_schema_version_missing_is_assumed_with_a_warning(tmp_path, caplog):
     table = mf.to_table(_manifest())
     path = tmp_path / "nov.parquet"
     path.write_bytes(_parquet_bytes(table.replace_schema_metadata({})))
-    with pytest.raises(mf.ManifestError, match="no refseg.schema_version in Parquet metadata"):
-        mf.read_manifest(str(path))
+    with caplog.at_level("WARNING", logger="refseg"):
+        back = mf.read_manifest(str(path))
+    assert "no refseg.schema_version in its Parquet metadata" in caplog.text
+    assert "assuming version 1" in caplog.text
+    assert back.to_dict("list") == mf.read_manifest(mf.write_manifest(
+        _manifest(), str(tmp_path / "ok.parquet"))).to_dict("list")
     path.write_bytes(_parquet_bytes(table.replace_schema_metadata(
         {mf.SCHEMA_VERSION_KEY: b"99"})))
     with pytest.raises(mf.ManifestError, match="schema version 99 is not supported"):
         mf.read_manifest(str(path))
+
+
+def test_a_manifest_edited_with_pandas_reads_back_the_same(tmp_path, capsys):
+    """Read with pandas, a column changed, written with ``to_parquet`` (no schema metadata, strings
+    as large_string, nested values as numpy arrays): read back equal, and check-translations
+    takes it (with the warning on stderr)."""
+    from pipelines.cli import main
+
+    ours = mf.write_manifest(_manifest(), str(tmp_path / "ours.parquet"))
+    df = pd.read_parquet(ours)
+    df["text_en"] = df["text_en"].str.replace("dog", "puppy")
+    edited = tmp_path / "edited.parquet"
+    df.to_parquet(edited)
+    assert pa.types.is_large_string(pq.read_schema(edited).field("sample_id").type)
+    want = mf.read_manifest(ours)
+    want["text_en"] = want["text_en"].str.replace("dog", "puppy")
+    assert want["text_en"][0] == "puppy 0"
+    assert mf.read_manifest(str(edited)).to_dict("list") == want.to_dict("list")
+
+    rc = main(["check-translations", "--manifest", str(edited), "--out", str(tmp_path / "chk"),
+               "--max-fail-rate", "1"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "assuming version 1" in err, err
+
+
+def test_an_edited_manifest_with_a_column_of_another_kind_is_one_line(tmp_path):
+    df = pd.read_parquet(mf.write_manifest(_manifest(), str(tmp_path / "ours.parquet")))
+    df["image_id"] = df["image_id"].astype(str)
+    df.to_parquet(tmp_path / "edited.parquet")
+    with pytest.raises(mf.ManifestError, match="column 'image_id' has type large_string, "
+                                               "expected int64"):
+        mf.read_manifest(str(tmp_path / "edited.parquet"))
 
 
 def test_manifest_wrong_column_type_names_column(tmp_path):

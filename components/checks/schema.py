@@ -33,16 +33,7 @@ def read_raw(uri: str):
         table = mf.parquet_table(data)
     except pa.ArrowInvalid as exc:
         raise mf.ManifestError(f"{uri}: not a Parquet file ({exc})") from None
-    version = (table.schema.metadata or {}).get(mf.SCHEMA_VERSION_KEY)
-    if version is None or version.decode() != mf.SCHEMA_VERSION:
-        raise mf.ManifestError(f"{uri}: schema version {version!r} is not supported "
-                               f"(expected {mf.SCHEMA_VERSION})")
-    for name, typ in mf.COLUMNS.items():
-        if name not in table.column_names:
-            raise mf.ManifestError(f"{uri}: missing column {name!r}")
-        if not table.schema.field(name).type.equals(typ):
-            raise mf.ManifestError(f"{uri}: column {name!r} has type "
-                                   f"{table.schema.field(name).type}, expected {typ}")
+    table = mf.conform_table(table, uri)
     df = pd.DataFrame({name: table.column(name).to_pylist() for name in mf.COLUMNS})
     return table, df
 

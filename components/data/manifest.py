@@ -137,22 +137,60 @@ def to_table(df: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=meta))
 
 
-def from_table(table: pa.Table, source: str = "manifest") -> pd.DataFrame:
-    meta = table.schema.metadata or {}
-    version = meta.get(SCHEMA_VERSION_KEY)
+def conform_table(table: pa.Table, source: str = "manifest") -> pa.Table:
+    """``table`` with the manifest's column types, or a one-line ``ManifestError``.
+
+    A manifest read and written back by another tool (pandas' ``to_parquet`` is the usual one)
+    loses the ``refseg.schema_version`` metadata and stores strings as ``large_string``: it is
+    accepted with a warning that the current version is assumed, and columns whose type differs
+    only in width (large_string, large_list, int32, float32) are cast. A column of another kind
+    is refused, naming it."""
+    version = (table.schema.metadata or {}).get(SCHEMA_VERSION_KEY)
     if version is None:
-        raise ManifestError(f"{source}: no {SCHEMA_VERSION_KEY.decode()} in Parquet metadata")
-    if version.decode() != SCHEMA_VERSION:
+        from components.logs import get_logger
+
+        get_logger("manifest").warning(
+            "%s: no %s in its Parquet metadata (written by another tool, such as pandas?): "
+            "assuming version %s and checking its columns", source,
+            SCHEMA_VERSION_KEY.decode(), SCHEMA_VERSION)
+    elif version.decode() != SCHEMA_VERSION:
         raise ManifestError(
             f"{source}: schema version {version.decode()} is not supported (expected {SCHEMA_VERSION})"
         )
     for name, typ in COLUMNS.items():
         if name not in table.column_names:
             raise ManifestError(f"{source}: missing column {name!r}")
-        if not table.schema.field(name).type.equals(typ):
-            raise ManifestError(
-                f"{source}: column {name!r} has type {table.schema.field(name).type}, expected {typ}"
-            )
+        have = table.schema.field(name).type
+        if have.equals(typ):
+            continue
+        if not _same_kind(have, typ):
+            raise ManifestError(f"{source}: column {name!r} has type {have}, expected {typ}")
+        i = table.column_names.index(name)
+        table = table.set_column(i, pa.field(name, typ), table.column(name).cast(typ))
+    return table
+
+
+def _same_kind(have: pa.DataType, want: pa.DataType) -> bool:
+    """Whether ``have`` is ``want`` up to width: a cast loses nothing a manifest holds."""
+    if pa.types.is_string(want):
+        return pa.types.is_string(have) or pa.types.is_large_string(have) or pa.types.is_null(have)
+    if pa.types.is_integer(want):
+        return pa.types.is_integer(have)
+    if pa.types.is_floating(want):
+        return pa.types.is_floating(have) or pa.types.is_integer(have)
+    if pa.types.is_list(want):
+        return ((pa.types.is_list(have) or pa.types.is_large_list(have))
+                and _same_kind(have.value_type, want.value_type))
+    if pa.types.is_struct(want):
+        return (pa.types.is_struct(have) and have.num_fields == want.num_fields
+                and all(have.field(i).name == want.field(i).name
+                        and _same_kind(have.field(i).type, want.field(i).type)
+                        for i in range(want.num_fields)))
+    return False
+
+
+def from_table(table: pa.Table, source: str = "manifest") -> pd.DataFrame:
+    table = conform_table(table, source)
     df = table.to_pandas(types_mapper=None)
     # Nested values come back as numpy arrays; make them plain lists/dicts.
     df["bbox"] = [list(map(float, v)) for v in df["bbox"]]
