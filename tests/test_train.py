@@ -349,7 +349,7 @@ def test_config_resolution_and_errors(data_dir, tmp_path):
         load_run_config("tiny")
     with pytest.raises(ValueError, match="steps must be >= 1"):
         load_run_config("small", steps=0)
-    with pytest.raises(FileNotFoundError, match="vocab_fr|no vocabulary|lang"):
+    with pytest.raises(FileNotFoundError, match="vocab_fr|no vocabulary|lang|no _COMPLETE.json"):
         train(str(tmp_path), "en", "small", str(tmp_path / "o"), steps=1)
 
 
