@@ -15,8 +15,8 @@ Faults: SIGTERM finishes the current step, writes ``resume.pt`` and ends ``fit``
 (the MLflow run KILLED); ``resume.pt`` is also written every ``resume_every`` steps. With a resume
 location (``resume_uri``: a local folder or s3:// prefix that outlives the machine) every
 ``resume.pt`` is also uploaded there, with the best checkpoint, and a process that starts on a
-fresh machine (a retried pipeline task) downloads and resumes from it (state.ResumeLocation). A non-finite
-loss or gradient norm raises :class:`NonFiniteLossError` before the optimiser step.
+fresh machine (a retried pipeline task) downloads and resumes from it (state.ResumeLocation).
+A non-finite loss or gradient norm raises :class:`NonFiniteLossError` before the optimiser step.
 """
 
 from __future__ import annotations
