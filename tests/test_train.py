@@ -636,3 +636,29 @@ def test_pipeline_resume_location(caplog):
     for run in ("{{$.pipeline_job_uuid}}", "", "../x"):
         with pytest.raises(ConfigError, match="pipeline run id .* is not a plain name"):
             task_resume_uri("s3://b-1/r", "", run, "zh", "small3", 0)
+
+
+def test_sigterm_fails_the_pipeline_task_with_its_state_kept(data_dir, tmp_path, sqlite_uri):
+    """An evicted pod (SIGTERM): the train task saves its state to the resume location and exits
+    with code 143, a failure KFP retries, instead of ending as a success with a half-trained
+    model; the state stays for the retry."""
+    import threading
+
+    from components.train import EXIT_PREEMPTED, train_task
+    from components.training.state import ResumeLocation
+
+    def terminate_once_trainer_listens():
+        default = signal.getsignal(signal.SIGTERM)
+        while signal.getsignal(signal.SIGTERM) is default:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # the trainer's handler: stop after this step
+
+    uri = str(tmp_path / "resume")
+    threading.Thread(target=terminate_once_trainer_listens, daemon=True).start()
+    with pytest.raises(SystemExit) as e:
+        train_task(str(data_dir), "en", str(tmp_path / "model"), resume_uri=uri,
+                   config="small3", steps=50, seed=0, tracking_uri=sqlite_uri,
+                   overrides=dict(TINY, resume_every=100, val_every=100))
+    assert e.value.code == EXIT_PREEMPTED
+    ptr = ResumeLocation(uri).pointer()
+    assert ptr is not None and 1 <= ptr["step"] < 50 and ptr["lang"] == "en"

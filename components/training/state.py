@@ -7,6 +7,7 @@ validation history, as plain tensors and values: it loads with ``torch.load(weig
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -174,11 +175,15 @@ class ResumeLocation:
 
     def clear(self) -> None:
         """Remove the pointer (first: a half-cleared location is not resumable), then the slots."""
+        from components.data import storage
         from components.training.layout import BEST_SLOTS, RESUME_POINTER, RESUME_SLOTS
 
         for name in (RESUME_POINTER, *RESUME_SLOTS, *BEST_SLOTS):
             _remove(self._at(name))
         self._pointer = None
+        if not storage.is_s3(self.uri):
+            with contextlib.suppress(OSError):  # the folder, when nothing else is in it
+                Path(self.uri).rmdir()
 
 
 def _other(slots: tuple[str, str], current: str | None) -> str:
