@@ -1,9 +1,9 @@
 """The train step: one language's LE/LA/CLAF model on a tokenize output folder, tracked in MLflow.
 
 ``refseg train --data DIR --lang zh|en --config small|small3|paper|ablation/<row>|file.yaml
---out OUT [--steps N] [--seed S] [--set key=value ...]``; the same command line runs one process
-or many under ``torchrun`` (DDP: NCCL on GPU, gloo on CPU, detected from ``WORLD_SIZE``/``RANK``/
-``LOCAL_RANK``).
+--out OUT [--resume-uri URI] [--steps N] [--seed S] [--set key=value ...]``; the same command
+line runs one process or many under ``torchrun`` (DDP: NCCL on GPU, gloo on CPU, detected from
+``WORLD_SIZE``/``RANK``/``LOCAL_RANK``).
 
 The story (:func:`run_training`): load the run's configuration (``configs/`` + ``--set``,
 components.training.config), build a :class:`~components.training.trainer.Trainer` on the data,
@@ -17,8 +17,12 @@ Output: ``checkpoints/best.pt`` (best overall IoU on ``select_split``), ``checkp
 Faults: SIGTERM finishes the current step, writes ``resume.pt`` and exits with code 143 (the CLI;
 ``train()`` returns a summary with ``"interrupted": true``); running the same command with the same
 OUT resumes (same MLflow run). ``resume.pt`` is also written every ``resume_every`` steps, so a
-SIGKILL loses at most that many steps. A non-finite loss or gradient norm raises
-``NonFiniteLossError`` before the optimiser step, so no bad weights are ever written.
+SIGKILL loses at most that many steps. OUT is local to the machine: with ``--resume-uri`` (a local
+folder on a shared volume, or an s3:// prefix) every saved state is also uploaded there, and a run
+started on another machine with the same URI (a retried pipeline task in a fresh pod) downloads
+it and resumes; a state of another language, vocabulary, data folder or configuration is
+refused. A non-finite loss or gradient norm raises ``NonFiniteLossError`` before the optimiser
+step, so no bad weights are ever written.
 
 Progress: ``[train zh] step 500/5000 loss ... val_overall_iou ... best ...`` at each validation
 (INFO), a line per ``log_every`` steps with ``-v``; a tqdm bar when stderr is a terminal.
@@ -57,6 +61,7 @@ class TrainOptions:
     val_every: int | None = None  # None: the config's
     deterministic: bool = False  # deterministic algorithms (bit-identical reruns on CPU)
     parent_run_id: str | None = None  # MLflow parent run (tag mlflow.parentRunId); None: none
+    resume_uri: str | None = None  # resume location that outlives the machine; None: OUT only
 
     def check(self) -> None:
         from components.data import storage
@@ -68,6 +73,10 @@ class TrainOptions:
         if storage.is_s3(str(self.out)):
             raise ConfigError(f"--out {self.out}: give a local folder (artifacts reach S3 via "
                               "MLflow)")
+        if self.resume_uri:
+            from components.training.state import ResumeLocation
+
+            ResumeLocation(self.resume_uri)  # a local folder or s3://bucket/prefix
 
 
 def run_training(opts: TrainOptions) -> dict[str, Any]:
@@ -93,7 +102,8 @@ def run_training(opts: TrainOptions) -> dict[str, Any]:
         trainer = Trainer(data, opts.lang, model_cfg, train_cfg,
                           out=Path(opts.out), seed=opts.seed, config=str(opts.config),
                           explicit=explicit, tracking_uri=opts.tracking_uri, dist=dist,
-                          device=device, t_start=t_start, parent_run_id=opts.parent_run_id)
+                          device=device, t_start=t_start, parent_run_id=opts.parent_run_id,
+                          resume_uri=opts.resume_uri or None)
         trainer.build()
         trainer.resume()
         trainer.start_tracking()
@@ -130,6 +140,7 @@ def train(
     val_every: int | None = None,
     deterministic: bool = False,
     parent_run_id: str | None = None,
+    resume_uri: str | None = None,
 ) -> dict[str, Any]:
     """:func:`run_training` with keyword arguments (the pipeline's train step and the tests).
     ``quiet`` is accepted for old callers and does nothing: the log level decides what shows."""
@@ -137,7 +148,54 @@ def train(
     return run_training(TrainOptions(
         data=str(data_dir), lang=lang, out=str(out_dir or ""), config=str(config), steps=steps,
         seed=seed, overrides=dict(overrides or {}), tracking_uri=tracking_uri,
-        val_every=val_every, deterministic=deterministic, parent_run_id=parent_run_id))
+        val_every=val_every, deterministic=deterministic, parent_run_id=parent_run_id,
+        resume_uri=resume_uri))
+
+
+def task_resume_uri(resume_root: str, pipeline_root: str, pipeline_run: str, lang: str,
+                    config: str, seed: int) -> str | None:
+    """The resume location of a pipeline's train task (layout.pipeline_resume_uri): under
+    ``resume_root``, or when that is empty under the pipeline root if the step can write there
+    (a local folder under kfp.local, or s3://). None, with a warning that a retry starts from
+    step 0, when neither is usable (a minio:// or gs:// pipeline root the step has no client for,
+    or a placeholder the backend left unresolved); a ``resume_root`` that is neither a local
+    folder nor s3:// is refused."""
+    from components.data import storage
+    from components.training.layout import pipeline_resume_uri
+
+    def usable(root: str) -> bool:
+        return bool(root) and "{{" not in root and (storage.is_s3(root) or "://" not in root)
+
+    if resume_root and not usable(resume_root):
+        raise ConfigError(f"resume_root {resume_root!r}: give an s3:// prefix or a local folder "
+                          "(a shared volume)")
+    root = resume_root or pipeline_root
+    if not usable(root):
+        logs.get_logger("train", lang).warning(
+            f"the resume state stays in this pod (pipeline root {pipeline_root!r} is not s3:// "
+            "and resume_root is empty): a retry of this task starts from step 0; set the "
+            "pipeline parameter resume_root=s3://<bucket>/<prefix>")
+        return None
+    return pipeline_resume_uri(root, pipeline_run, lang, config, seed)
+
+
+def train_task(data_dir: str, lang: str, out_dir: str, *, resume_uri: str | None,
+               **kwargs: Any) -> dict[str, Any]:
+    """The pipeline's train task: :func:`train` with its resume location. A run stopped by
+    SIGTERM (a pod evicted) exits with code 143 so that the task fails and its retry resumes
+    from the saved state; a finished run removes the state from the resume location (the model
+    artifact keeps ``resume.pt``)."""
+    from components.training.state import ResumeLocation
+
+    summary = train(data_dir, lang, out_dir=out_dir, resume_uri=resume_uri, **kwargs)
+    if summary["interrupted"]:
+        logs.get_logger("train", lang).warning(
+            f"stopped at step {summary['steps']} (SIGTERM); state saved to "
+            f"{resume_uri or out_dir}: a retry of this task resumes from it")
+        raise SystemExit(EXIT_PREEMPTED)
+    if resume_uri:
+        ResumeLocation(resume_uri).clear()
+    return summary
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,7 +207,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "Writes OUT/checkpoints/{best,last}.pt, OUT/resume.pt, OUT/tokenizer/, OUT/summary.json,"
         " OUT/run_id.txt.\n"
         "SIGTERM saves OUT/resume.pt and exits 143; running the same command with the same --out"
-        "\nresumes from it and continues the same MLflow run. A NaN loss stops with exit code 1."
+        "\nresumes from it and continues the same MLflow run. --resume-uri (a shared folder or an"
+        "\ns3:// prefix) keeps that state off the machine: a run started elsewhere with the same"
+        "\n--resume-uri resumes from it. A NaN loss stops with exit code 1."
         "\n\nexamples:\n"
         "  refseg train --data runs/tok --lang zh --config small --out runs/zh\n"
         "  refseg train --data runs/tok --lang en --config small --out runs/en --set lr=1e-3 "
@@ -182,6 +242,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="deterministic algorithms (bit-identical reruns on CPU)")
     p.add_argument("--tracking-uri", default=None, help="default $MLFLOW_TRACKING_URI or "
                    "sqlite:///<cwd>/mlflow.db")
+    p.add_argument("--resume-uri", default=None,
+                   help="where the resumable state also goes, for a restart on another machine: "
+                        "a local folder (shared volume) or s3://bucket/prefix (default: only "
+                        "OUT/resume.pt)")
     p.add_argument("--parent-run-id", default=None, help="MLflow run to nest this run under "
                    "(tag mlflow.parentRunId; the ablation pipeline's parent run)")
 
@@ -193,7 +257,8 @@ def run(args) -> int:
     opts = TrainOptions(data=args.data, lang=args.lang, out=args.out, config=args.config,
                         steps=args.steps, seed=args.seed, overrides=parse_sets(args.set),
                         tracking_uri=args.tracking_uri, val_every=args.val_every,
-                        deterministic=args.deterministic, parent_run_id=args.parent_run_id)
+                        deterministic=args.deterministic, parent_run_id=args.parent_run_id,
+                        resume_uri=args.resume_uri)
     try:
         s = run_training(opts)
     except NonFiniteLossError as exc:

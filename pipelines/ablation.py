@@ -41,10 +41,12 @@ def ablation_pipeline(
     crf: bool = True,
     tracking_uri: str = "",
     max_fail_rate: float = 0.05,
+    resume_root: str = "",
 ) -> str:
     """``rows``: comma-separated row names or numbers ("" = every row of configs/ablation);
     ``seeds``: comma-separated; ``split``: the reported split, ``gate`` (the pooled splits the
-    selection of best.pt did not see) or one evaluated split other than the selection split.
+    selection of best.pt did not see) or one evaluated split other than the selection split;
+    ``resume_root``: where the train steps keep their resumable state, as in the main pipeline.
     Returns the table step's JSON (the table, and the URIs of its HTML and JSON artifacts)."""
     check = check_translations_op(manifest_uri=manifest_uri, max_fail_rate=max_fail_rate)
     _on_cluster(check)
@@ -68,12 +70,15 @@ def ablation_pipeline(
     with dsl.ParallelFor(items=start.output, name="per-row-seed") as item:
         tr = train_op(data=tok.outputs["data"], lang=lang, config=item.config, steps=steps,
                       seed=item.seed, tracking_uri=tracking_uri,
-                      parent_run_id=item.parent_run_id)
+                      parent_run_id=item.parent_run_id, resume_root=resume_root,
+                      pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
+                      pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         _on_cluster(tr)
         tr.set_display_name("train")
         tr.set_accelerator_type(TRAIN_ACCELERATOR).set_accelerator_limit(TRAIN_GPUS)
         tr.set_cpu_limit(TRAIN_CPU).set_memory_limit(TRAIN_MEMORY)
-        tr.set_retry(num_retries=3)  # safe: a restarted train step resumes from its checkpoint
+        # a retry resumes from the state saved under resume_root (or an s3:// pipeline root)
+        tr.set_retry(num_retries=3)
         tr.set_caching_options(False)  # a cached train would keep the old parent run
 
         ev = evaluate_op(model=tr.outputs["model"], data=tok.outputs["data"], lang=lang,

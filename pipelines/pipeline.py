@@ -62,11 +62,14 @@ def refseg_pipeline(
     zh_vectors: str = "",
     en_vectors: str = "",
     seed: int = 0,
+    resume_root: str = "",
 ) -> str:
     """The parameters keep the names of the CLI flags and step functions they reach. ``splits``:
     the evaluated splits, comma-separated ("" = every split but train); ``gate_split``: the
     splits the promotion gate pools, joined with '+' ("" = every evaluated split but the
-    selection split). Returns the results step's JSON (check counts and report, per-language
+    selection split). ``resume_root``: where the train steps keep their resumable state (an
+    s3:// prefix; "" = the pipeline root when it is a local folder or s3://). Returns the
+    results step's JSON (check counts and report, per-language
     metrics, reports, registration, the results table)."""
     check = check_translations_op(manifest_uri=manifest_uri, max_fail_rate=max_fail_rate)
     _on_cluster(check)
@@ -81,12 +84,15 @@ def refseg_pipeline(
 
     with dsl.ParallelFor(items=languages, name="per-language") as lang:
         tr = train_op(data=tok.outputs["data"], lang=lang, config=config, steps=steps,
-                      seed=seed, tracking_uri=tracking_uri)
+                      seed=seed, tracking_uri=tracking_uri, resume_root=resume_root,
+                      pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
+                      pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         _on_cluster(tr)
         tr.set_display_name("train")
         tr.set_accelerator_type(TRAIN_ACCELERATOR).set_accelerator_limit(TRAIN_GPUS)
         tr.set_cpu_limit(TRAIN_CPU).set_memory_limit(TRAIN_MEMORY)
-        tr.set_retry(num_retries=3)  # safe: a restarted train step resumes from its checkpoint
+        # a retry resumes from the state saved under resume_root (or an s3:// pipeline root)
+        tr.set_retry(num_retries=3)
 
         ev = evaluate_op(model=tr.outputs["model"], data=tok.outputs["data"], lang=lang,
                          splits=splits, gate_split=gate_split, crf=crf,

@@ -93,26 +93,36 @@ def train_op(
     tracking_uri: str,
     model: Output[Model],
     parent_run_id: str = "",
+    resume_root: str = "",
+    pipeline_root: str = "",
+    pipeline_run: str = "",
 ) -> str:
-    """Train one language's model.
+    """Train one language's model; a retry of the task resumes where the last attempt saved.
 
     Inputs: data (tokenize folder), lang, config (preset name or YAML), steps (0 = the config's),
     seed, tracking_uri (MLflow; empty = the environment's), parent_run_id (an MLflow run to nest
-    the training run under, tag ``mlflow.parentRunId``; empty = none).
+    the training run under, tag ``mlflow.parentRunId``; empty = none), resume_root (s3:// prefix
+    or shared folder for the resumable state; empty = pipeline_root when the step can write there),
+    pipeline_root and pipeline_run (the DAG passes ``dsl.PIPELINE_ROOT_PLACEHOLDER`` and
+    ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``): the state goes to
+    ``<root>/train-resume/<pipeline_run>/<lang>-<config>-s<seed>``, which every retry of this
+    task finds (the model artifact is pod-local until the task ends).
     Outputs: model (checkpoints, tokenizer, summary); returns the MLflow run id."""
     import os
 
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     from components import logs
-    from components.train import train
+    from components.train import task_resume_uri, train_task
 
     logs.configure()
-    summary = train(data.path, lang, config=config, out_dir=model.path,
-                    steps=steps or None, seed=seed, parent_run_id=parent_run_id or None)
+    resume_uri = task_resume_uri(resume_root, pipeline_root, pipeline_run, lang, config, seed)
+    summary = train_task(data.path, lang, model.path, resume_uri=resume_uri, config=config,
+                         steps=steps or None, seed=seed, parent_run_id=parent_run_id or None)
     model.metadata["run_id"] = summary["run_id"]
     model.metadata["lang"] = lang
     model.metadata["best_val_overall_iou"] = summary.get("best_val_overall_iou")
+    model.metadata["resumed_from_step"] = summary.get("resumed_from_step", 0)
     return summary["run_id"]
 
 

@@ -80,6 +80,26 @@ def test_parameter_defaults(compiled):
     assert "defaultValue" not in params["manifest_uri"]  # required
 
 
+def test_train_task_resumes_from_a_location_keyed_by_the_run(compiled, tmp_path):
+    """Both DAGs give every train task the resume root (a pipeline parameter, default empty: the
+    pipeline root), the pipeline root and the run id as KFP placeholders, which every retry of
+    the task gets the same: the resumable state is where a retry in a fresh pod finds it."""
+    from pipelines.compile import compile_pipeline
+
+    ablation = tmp_path / "ablation.yaml"
+    compile_pipeline(str(ablation), image="registry.example/refseg:test", pipeline="ablation")
+    for spec, loop in ((compiled[1], "comp-for-loop-1"),
+                       (next(yaml.safe_load_all(ablation.read_text())), "comp-for-loop-1")):
+        root = spec["root"]["inputDefinitions"]["parameters"]["resume_root"]
+        assert root["defaultValue"] == "" and root["parameterType"] == "STRING"
+        inputs = spec["components"][loop]["dag"]["tasks"]["train-op"]["inputs"]["parameters"]
+        assert inputs["resume_root"] == {"componentInputParameter": "pipelinechannel--resume_root"}
+        assert inputs["pipeline_run"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+        assert inputs["pipeline_root"]["runtimeValue"]["constant"] == "{{$.pipeline_root}}"
+        assert spec["components"][loop]["dag"]["tasks"]["train-op"]["retryPolicy"][
+            "maxRetryCount"] == 3
+
+
 def test_results_step_writes_the_results_table(compiled):
     _, spec = compiled
     outs = spec["components"]["comp-results-op"]["outputDefinitions"]["artifacts"]

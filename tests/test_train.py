@@ -502,3 +502,163 @@ def test_batching_and_select_split_config(data_dir, tmp_path):
     assert _config_diff(old, resolved) == []
     old["train"]["val_split"] = "testA"
     assert _config_diff(old, resolved) == ["train.select_split"]
+
+
+# ------------------------------------------------------------------------------------------------
+# A retried pipeline task: the train step of the DAG (pipelines/steps.py train_op) under kfp.local,
+# its state in S3 (moto over HTTP), killed mid-run, run again as a retry in a fresh pod would be.
+RETRY_PIPELINE = '''
+import sys
+from kfp import dsl, local
+from pipelines.steps import train_op
+
+data_uri, config, steps, tracking_uri, resume_root, root = sys.argv[1:]
+
+@dsl.pipeline(name="train-retry")
+def one_train() -> str:
+    data = dsl.importer(artifact_uri=data_uri, artifact_class=dsl.Dataset, reimport=False)
+    # a cluster gives every retry of a task the same run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER);
+    # kfp.local draws a new one per run, so the retry's run id is given here
+    tr = train_op(data=data.output, lang="zh", config=config, steps=int(steps), seed=1,
+                  tracking_uri=tracking_uri, resume_root=resume_root,
+                  pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER, pipeline_run="run-1")
+    return tr.outputs["Output"]
+
+local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root)
+print("RUN_ID", one_train().output)
+'''
+
+
+def _pipeline_attempt(tmp_path: Path, name: str, args: list[str]) -> subprocess.Popen:
+    """The one-task pipeline in its own process (kfp.local starts the task as its child)."""
+    script = tmp_path / "retry_pipeline.py"
+    script.write_text(RETRY_PIPELINE)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(torch.get_num_threads()))
+    log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([sys.executable, str(script), *args, str(tmp_path / name)],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _wait_for_pointer(uri: str, proc: subprocess.Popen, min_step: int, timeout: float = 180):
+    from components.training.state import ResumeLocation
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"the train task ended before step {min_step} was saved")
+        ptr = ResumeLocation(uri).pointer()
+        if ptr is not None and ptr["step"] >= min_step:
+            return
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"no state at step >= {min_step} in {uri} within {timeout} s")
+
+
+def test_killed_pipeline_train_task_resumes_from_s3(data_dir, reference, s3_bucket, tmp_path,
+                                                    sqlite_uri):
+    """The pipeline's train task saves its state under resume_root (an s3:// prefix keyed by run,
+    language, config and seed), so a retry in a fresh pod (kfp.local gives each run a new, empty
+    model folder: the killed attempt's resume.pt is out of reach) resumes from the step the killed
+    attempt saved, in the same MLflow run, and ends with the weights of an uninterrupted run.
+    A state of another configuration or language is refused in one line; a finished task clears
+    its state."""
+    import mlflow
+
+    from components.errors import ConfigError, InputError
+    from components.training.layout import pipeline_resume_uri
+    from components.training.state import ResumeLocation
+
+    cfg = tmp_path / "retry.yaml"  # the reference's config: small3 with RESUME_CFG
+    cfg.write_text("base: small3\ndeterministic: true\n" + "".join(
+        f"{k}: {json.dumps(v)}\n" for k, v in RESUME_CFG.items()))
+    root = f"{s3_bucket}/resume"
+    uri = pipeline_resume_uri(root, "run-1", "zh", str(cfg), 1)
+    args = [str(data_dir), str(cfg), str(RESUME_STEPS), sqlite_uri, root]
+    first = _pipeline_attempt(tmp_path, "attempt1", args)
+    _wait_for_pointer(uri, first, min_step=4)
+    os.killpg(first.pid, signal.SIGKILL)  # the pod dies: the driver and its task process
+    assert first.wait(timeout=30) == -signal.SIGKILL
+    saved = ResumeLocation(uri).pointer()
+    assert 4 <= saved["step"] < RESUME_STEPS and saved["step"] % RESUME_CFG["resume_every"] == 0
+    run_id = saved["run_id"]
+
+    # a state of another configuration or language is refused before anything trains
+    kw = dict(steps=RESUME_STEPS, seed=1, tracking_uri=sqlite_uri, resume_uri=uri,
+              deterministic=True)
+    with pytest.raises(ConfigError, match=r"different configuration \(train\.lr\)") as e:
+        train(str(data_dir), "zh", "small3", str(tmp_path / "other"),
+              overrides=dict(RESUME_CFG, lr=1e-3), **kw)
+    assert "\n" not in str(e.value) and uri in str(e.value)
+    with pytest.raises(InputError, match=r"holds a 'zh' run, not 'en'"):
+        train(str(data_dir), "en", "small3", str(tmp_path / "en"), overrides=RESUME_CFG, **kw)
+    assert ResumeLocation(uri).pointer() == saved
+
+    retry = _pipeline_attempt(tmp_path, "attempt2", args)
+    assert retry.wait(timeout=300) == 0, (tmp_path / "attempt2.log").read_text()[-3000:]
+    assert f"RUN_ID {run_id}" in (tmp_path / "attempt2.log").read_text()
+    summary = json.loads(next((tmp_path / "attempt2").rglob("model/summary.json")).read_text())
+    assert summary["resumed_from_step"] == saved["step"] and summary["steps"] == RESUME_STEPS
+    model = next((tmp_path / "attempt2").rglob("model/checkpoints")).parent
+    for name in ("last.pt", "best.pt"):
+        a, b = _state(reference / "checkpoints" / name), _state(model / "checkpoints" / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert ResumeLocation(uri).pointer() is None  # the finished task cleared its state
+    client = mlflow.MlflowClient(tracking_uri=sqlite_uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    steps = {m.step for m in client.get_metric_history(run_id, "loss")}
+    assert steps == set(range(1, RESUME_STEPS + 1))
+
+
+def test_pipeline_resume_location(caplog):
+    """Where a pipeline's train task keeps its state: one place per run, language, config and
+    seed; the pipeline root when no resume_root is given and the step can write there; none
+    (with a warning) on a pipeline root it cannot reach; a bad resume_root or run id refused."""
+    from components.errors import ConfigError
+    from components.train import task_resume_uri
+
+    uri = task_resume_uri("s3://b-1/r", "minio://mlpipeline/v2", "5f0c", "zh", "small3", 0)
+    assert uri.startswith("s3://b-1/r/train-resume/5f0c/zh-small3-") and uri.endswith("-s0")
+    others = {task_resume_uri("s3://b-1/r", "", run, lang, config, seed)
+              for run, lang, config, seed in [("5f0c", "en", "small3", 0), ("5f0d", "zh",
+                                              "small3", 0), ("5f0c", "zh", "small", 0),
+                                              ("5f0c", "zh", "small3", 1)]}
+    assert len(others) == 4 and uri not in others
+    local = task_resume_uri("", "/runs/local/pipeline", "123", "en", "/x/tiny.yaml:row1", 2)
+    assert local.startswith("/runs/local/pipeline/train-resume/123/en-x_tiny.yaml_row1-")
+    with caplog.at_level(logging.WARNING, logger="refseg"):
+        for pipeline_root in ("minio://mlpipeline/v2/artifacts", "{{$.pipeline_root}}", ""):
+            assert task_resume_uri("", pipeline_root, "5f0c", "zh", "small3", 0) is None
+    assert "a retry of this task starts from step 0" in caplog.text
+    with pytest.raises(ConfigError, match="resume_root 'gs://b/r': give an s3:// prefix"):
+        task_resume_uri("gs://b/r", "", "5f0c", "zh", "small3", 0)
+    for run in ("{{$.pipeline_job_uuid}}", "", "../x"):
+        with pytest.raises(ConfigError, match="pipeline run id .* is not a plain name"):
+            task_resume_uri("s3://b-1/r", "", run, "zh", "small3", 0)
+
+
+def test_sigterm_fails_the_pipeline_task_with_its_state_kept(data_dir, tmp_path, sqlite_uri):
+    """An evicted pod (SIGTERM): the train task saves its state to the resume location and exits
+    with code 143, a failure KFP retries, instead of ending as a success with a half-trained
+    model; the state stays for the retry."""
+    import threading
+
+    from components.train import EXIT_PREEMPTED, train_task
+    from components.training.state import ResumeLocation
+
+    def terminate_once_trainer_listens():
+        default = signal.getsignal(signal.SIGTERM)
+        while signal.getsignal(signal.SIGTERM) is default:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # the trainer's handler: stop after this step
+
+    uri = str(tmp_path / "resume")
+    threading.Thread(target=terminate_once_trainer_listens, daemon=True).start()
+    with pytest.raises(SystemExit) as e:
+        train_task(str(data_dir), "en", str(tmp_path / "model"), resume_uri=uri,
+                   config="small3", steps=50, seed=0, tracking_uri=sqlite_uri,
+                   overrides=dict(TINY, resume_every=100, val_every=100))
+    assert e.value.code == EXIT_PREEMPTED
+    ptr = ResumeLocation(uri).pointer()
+    assert ptr is not None and 1 <= ptr["step"] < 50 and ptr["lang"] == "en"

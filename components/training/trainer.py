@@ -12,8 +12,11 @@ gradient of the same global batch. Validation runs on ``select_split`` and keeps
 checkpoint by its overall IoU; its metrics are named after the split (``val_*`` by default).
 
 Faults: SIGTERM finishes the current step, writes ``resume.pt`` and ends ``fit`` as interrupted
-(the MLflow run KILLED); ``resume.pt`` is also written every ``resume_every`` steps. A non-finite
-loss or gradient norm raises :class:`NonFiniteLossError` before the optimiser step.
+(the MLflow run KILLED); ``resume.pt`` is also written every ``resume_every`` steps. With a resume
+location (``resume_uri``: a local folder or s3:// prefix that outlives the machine) every
+``resume.pt`` is also uploaded there, with the best checkpoint, and a process that starts on a
+fresh machine (a retried pipeline task) downloads and resumes from it (state.ResumeLocation).
+A non-finite loss or gradient norm raises :class:`NonFiniteLossError` before the optimiser step.
 """
 
 from __future__ import annotations
@@ -52,7 +55,14 @@ from components.training.layout import (
     TrainOutput,
 )
 from components.training.schedule import optimizer_and_schedule
-from components.training.state import load_resume, rng_state, save_resume, saved_step, set_rng_state
+from components.training.state import (
+    ResumeLocation,
+    load_resume,
+    rng_state,
+    save_resume,
+    saved_step,
+    set_rng_state,
+)
 from components.training.tracking import PARENT_RUN_TAG, Tracker, flatten
 from components.training.validation import Validation, validate
 from model import (
@@ -106,13 +116,22 @@ def _config_diff(stored: dict[str, dict[str, Any]], resolved: dict[str, dict[str
     return out
 
 
+def _plain(resolved: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The resolved configuration as JSON gives it back (tuples as lists): what a resume
+    location's pointer holds, so the two compare field by field."""
+    import json
+
+    return json.loads(json.dumps(resolved, default=str))
+
+
 class Trainer:
     """One training run of ``lang`` on ``data`` into the local folder ``out``."""
 
     def __init__(self, data: TokenizedData, lang: str, model_cfg: ModelConfig,
                  train_cfg: TrainConfig, *, out: Path, seed: int, config: str,
                  explicit: set[str], tracking_uri: str | None, dist: Dist, device,
-                 t_start: float | None = None, parent_run_id: str | None = None):
+                 t_start: float | None = None, parent_run_id: str | None = None,
+                 resume_uri: str | None = None):
         self.data, self.lang, self.model_cfg, self.train_cfg = data, lang, model_cfg, train_cfg
         self.out, self.seed, self.config, self.explicit = Path(out), int(seed), str(config), explicit
         self.layout = TrainOutput(self.out)
@@ -121,6 +140,9 @@ class Trainer:
         self.parent_run_id = parent_run_id or None  # an MLflow parent run (the ablation's)
         self.log = logs.get_logger("train", lang)
         self.resume_path = self.layout.resume
+        # where a restarted process on another machine finds the state (None: OUT only)
+        self.remote = ResumeLocation(resume_uri) if resume_uri else None
+        self.resumed_from = 0
         self.total = int(train_cfg.steps)
         self.steps_done, self.epoch, self.pos = 0, 0, 0
         self.best, self.best_step = -1.0, -1
@@ -287,7 +309,9 @@ class Trainer:
     # ---- resume --------------------------------------------------------------------------------
     def resume(self) -> None:
         """Continue from ``OUT/resume.pt`` when it exists (refused when it was written with
-        another configuration, data folder or language)."""
+        another configuration, data folder or language); with a resume location, its newer state
+        is downloaded into OUT first."""
+        self._fetch_remote()
         items_done = 0
         if self.resume_path.exists():
             st = load_resume(str(self.resume_path))
@@ -307,10 +331,39 @@ class Trainer:
             self.best, self.best_step = float(st["best_val"]), int(st["best_step"])
             self.run_id, self.elapsed_before = st["run_id"], float(st["elapsed_s"])
             self.history = list(st["history"])
+            self.resumed_from = self.steps_done
         self._check_ranks_agree()
         self.pos = items_done // (self.train_cfg.per_step * self.dist.world)
         if self.pos >= self.per_epoch:
             self.epoch, self.pos = self.epoch + 1, 0
+
+    def _fetch_remote(self) -> None:
+        """The first process of each machine: when the resume location holds a newer state than
+        ``OUT/resume.pt``, check that it belongs to this run (language, vocabulary, data,
+        configuration; one-line errors) and download it, with its best checkpoint, into OUT."""
+        if self.remote is None:
+            return
+        if self.dist.local_rank == 0:
+            where = self.remote.uri
+            ptr = self.remote.pointer()
+            if ptr is None:
+                self.log.info(f"resume location {where}: no saved state yet")
+            else:
+                self.remote.check(ptr, self.lang, self.fingerprint, self.vocab_fingerprint)
+                diff = _config_diff(ptr["config"], _plain(self.resolved))
+                if diff:
+                    raise ConfigError(f"resume location {where} was written with a different "
+                                      f"configuration ({', '.join(diff[:8])}); give this run "
+                                      "its own location")
+                here = saved_step(self.resume_path)
+                if here.isdigit() and int(here) >= int(ptr["step"]):
+                    self.log.info(f"resume location {where}: step {ptr['step']}; "
+                                  f"{self.resume_path} is at step {here}, kept")
+                else:
+                    self.remote.fetch(ptr, self.resume_path, self.layout.best)
+                    self.log.info(f"resume location {where}: state of step {ptr['step']} "
+                                  "downloaded")
+        self.dist.barrier()
 
     def _check_ranks_agree(self) -> None:
         """Every rank must resume from the same state: under multi-node torchrun OUT has to be a
@@ -530,6 +583,8 @@ class Trainer:
                          "val_overall_iou": val_overall_iou, "select_split": self.split})
 
     def save_resume(self) -> None:
+        """Rank 0: ``OUT/resume.pt``, then (with a resume location) the same state and the best
+        checkpoint uploaded there."""
         if not self.dist.main:
             return
         save_resume({
@@ -540,7 +595,14 @@ class Trainer:
             "run_id": self.run_id, "best_val": self.best, "best_step": self.best_step,
             "config": self.resolved, "data_fingerprint": self.fingerprint, "lang": self.lang,
             "world_size": self.dist.world, "elapsed_s": self.elapsed(), "history": self.history,
+            FINGERPRINT_KEY: self.vocab_fingerprint,
         }, str(self.resume_path))
+        if self.remote is not None:
+            self.remote.push(self.resume_path, self.layout.best, {
+                "step": self.steps_done, "best_step": self.best_step, "lang": self.lang,
+                "data_fingerprint": self.fingerprint, FINGERPRINT_KEY: self.vocab_fingerprint,
+                "config": _plain(self.resolved), "run_id": self.run_id})
+            self.log.debug(f"step {self.steps_done}: state uploaded to {self.remote.uri}")
 
     def save_final(self) -> None:
         """``resume.pt`` and ``checkpoints/last.pt`` (and ``best.pt`` when no validation wrote
@@ -582,6 +644,8 @@ class Trainer:
                         "expressions_per_s": round(self.expr_seen / self.train_s, 2)
                         if self.train_s > 0 else None},
             "history": self.history, "out_dir": str(self.out),
+            "resumed_from_step": self.resumed_from,
+            "resume_uri": self.remote.uri if self.remote is not None else None,
             "model_config": self.resolved["model"], "train_config": self.resolved["train"],
         }
 
