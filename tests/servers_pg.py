@@ -61,7 +61,9 @@ def _kill_all_groups() -> None:
 
 atexit.register(_kill_all_groups)
 
-_WATCHDOG = "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -KILL -{pgid} 2>/dev/null"
+# exits quietly once the group is gone (its id may be reused later), kills it once the parent is
+_WATCHDOG = ("while kill -0 {parent} 2>/dev/null; do kill -0 -{pgid} 2>/dev/null || exit 0; "
+             "sleep 1; done; kill -KILL -{pgid} 2>/dev/null")
 
 
 def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: str | None = None,
@@ -220,13 +222,17 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120) -> None:
+        self.spawn()
+        self.wait_up(timeout)
+
+    def spawn(self) -> None:
+        """Start the server without waiting for it (:meth:`wait_up` waits)."""
         cmd = [str(Path(sys.executable).with_name("mlflow")), "server",
                "--backend-store-uri", self.backend_uri, "--artifacts-destination", self.artifacts,
                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
         # no background job runner (huey workers): nothing here uses server-side jobs
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         self.proc = spawn(cmd, self.root / "mlflow-server.log", env=env, cwd=str(self.root))
-        self.wait_up(timeout)
 
     def wait_up(self, timeout: float) -> None:
         log = self.root / "mlflow-server.log"

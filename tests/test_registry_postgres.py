@@ -48,7 +48,7 @@ def _postgres_or_skip() -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(s3_endpoint, tmp_path_factory):
+def stack(s3_endpoint, tmp_path_factory, request):
     """PostgreSQL, a bucket on the moto S3 server and ``mlflow server`` on both; yields the
     server (its ``uri``; ``kill()`` / ``start()`` restart it on the same port and database)."""
     import boto3
@@ -61,7 +61,9 @@ def stack(s3_endpoint, tmp_path_factory):
                                      tmp_path_factory.mktemp("mlflow-pg"))
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     try:
-        server.start()
+        server.spawn()  # its first start creates MLflow's schema: build the test data meanwhile
+        request.getfixturevalue("tiny_model")
+        server.wait_up(120)
         os.environ["MLFLOW_TRACKING_URI"] = server.uri
         yield server
     finally:
@@ -118,28 +120,38 @@ def _client(uri: str):
 
 
 # ------------------------------------------------------------------------------------------------
-def test_register_and_promote_on_postgres(stack, tiny_model, s3_endpoint):
+@pytest.fixture(scope="module")
+def champion(stack, tiny_model):
+    """A run registered by ``components.register.register``: the first champion of its name."""
+    from components.register import register
+
+    return register(_make_run(stack.uri, tiny_model, 0.40), name="refseg-pg")
+
+
+def test_register_and_promote_on_postgres(stack, champion, s3_endpoint):
     import boto3
 
     from components.register import register
 
-    name = "refseg-pg-seq"
-    r1 = register(_make_run(stack.uri, tiny_model, 0.50), name=name)
-    r2 = register(_make_run(stack.uri, tiny_model, 0.45), name=name)
-    assert [(r["version"], r["status"]) for r in (r1, r2)] == [(1, "promoted"),
-                                                               (2, "challenger")]
+    name = champion["name"]
+    assert (champion["version"], champion["status"], champion["champion"]) == (1, "promoted",
+                                                                                True)
     c = _client(stack.uri)
     assert c.get_registered_model(name).aliases == {"champion": "1"}
-    t2 = c.get_model_version(name, "2").tags
-    assert t2["reason"] == ("gate_overall_iou_crf 0.4500 does not beat champion v1's "
-                            "gate_overall_iou_crf 0.5000 by more than margin 0.0000")
-    assert t2["dataset_fingerprint"] == "fp-pg" and t2["challenger"] == "true"
+    tags = c.get_model_version(name, "1").tags
+    assert tags["dataset_fingerprint"] == "fp-pg" and tags["refseg.status"] == "promoted"
+    assert tags["reason"] == "first model: gate_overall_iou_crf 0.4000 >= floor 0.3000"
+    assert c.get_run(champion["run_id"]).data.tags["refseg.registry.version"] == f"{name}/1"
     # the pyfunc's files are in the bucket, not on the server's disk
     keys = {o["Key"] for page in boto3.client("s3", endpoint_url=s3_endpoint).get_paginator(
         "list_objects_v2").paginate(Bucket=BUCKET, Prefix="mlartifacts/") for o in
         page.get("Contents", [])}
     assert any(k.endswith("/artifacts/best.pt") for k in keys)
     assert any(k.endswith("/MLmodel") for k in keys)
+    # the step is rerunnable: the same run again reuses its version
+    again = register(champion["run_id"], name=name)
+    assert (again["version"], again["champion"]) == (1, True)
+    assert len(c.search_model_versions(f"name = '{name}'")) == 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -208,14 +220,10 @@ def _files(list_artifacts, uri: str, prefix: str = "") -> set[str]:
     return out
 
 
-def test_eight_racing_registrations_one_champion_and_a_reader(stack, tiny_model):
-    """A real pyfunc registered first is the champion; then 8 threads register versions of it
-    at once (each its own run and gate) while a reader pulls @champion."""
-    from components.register import register
-
-    name = "refseg-pg-race"
-    first = register(_make_run(stack.uri, tiny_model, 0.40), name=name)
-    assert first["champion"]
+def test_eight_racing_registrations_one_champion_and_a_reader(stack, champion):
+    """8 threads register versions of the champion's pyfunc at once (each its own run and gate)
+    while a reader pulls @champion: one champion, the best, and a reader that never fails."""
+    name = champion["name"]
     mv1 = _client(stack.uri).get_model_version(name, "1")
     source = SimpleNamespace(model_uri=mv1.source,
                              model_id=mv1.model_id or mv1.source.removeprefix("models:/"))
@@ -245,7 +253,14 @@ def test_eight_racing_registrations_one_champion_and_a_reader(stack, tiny_model)
     c = _client(stack.uri)
     best = str(results[max(RACE_GATES)])
     assert c.get_registered_model(name).aliases == {"champion": best}
-    assert c.get_model_version(name, best).tags["refseg.status"] == "promoted"
+    # every version's recorded decision is the fold's over the final registry
+    from components.registry.promotion import VersionInfo, decide
+    from components.registry.store import versions
+
+    tags = dict(versions(c, name))
+    _, fold = decide([VersionInfo.from_tags(v, t) for v, t in tags.items()])
+    assert {v: t["refseg.status"] for v, t in tags.items()} == {v: d[0] for v, d in fold.items()}
+    assert tags[results[0.38]]["challenger"] == "true"  # below the first champion's 0.40
     assert reader.errors == []
     # it met the first champion and the last; every version it met is one the rules promoted
     assert reader.seen[0] == "1" and reader.seen[-1] == best
