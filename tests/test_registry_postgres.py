@@ -299,7 +299,9 @@ def test_server_killed_during_training_no_metric_lost(stack, data_dir, tmp_path,
                                                       capsys):
     """The server dies after a few steps and stays down past the end of the run: training goes
     on (its metrics kept on disk), the run ends with one error line (exit 1) naming what to do;
-    with the server back, the same command resumes the run and every step's metrics arrive."""
+    with the server back, the same command resumes the run and every step's metrics arrive.
+    A tracker that lives through the same outage sends what it kept at its next flush."""
+    from components.training.tracking import Tracker
     from pipelines.cli import main
 
     # fail fast instead of MLflow's ~4 minutes of client retries, and a short final patience
@@ -312,6 +314,10 @@ def test_server_killed_during_training_no_metric_lost(stack, data_dir, tmp_path,
     cmd = ["train", "--data", str(data_dir), "--lang", "zh", "--config", "small", "--out",
            str(out), "--steps", str(TRAIN_STEPS), "--seed", "0", "--tracking-uri", stack.uri,
            *[a for kv in sets for a in ("--set", kv)]]
+    live = Tracker(True, stack.uri, unsent=tmp_path / "live" / "unsent.jsonl")
+    live.start(None, "live-through-outage")
+    live.metrics({"m": 1.0}, 1)
+    live.flush()
     killer = ServerKiller(stack, out)
     killer.start()
     assert main(cmd) == 1
@@ -327,8 +333,21 @@ def test_server_killed_during_training_no_metric_lost(stack, data_dir, tmp_path,
     assert unsent.exists() and str(unsent) in lines[0]
     run_id = (out / "run_id.txt").read_text().strip()
 
+    live.metrics({"m": 2.0}, 2)
+    live.flush()  # the server is down: kept
+    assert live.unsent.exists()
+
     stack.start()  # back on the same port and database
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    live.metrics({"m": 3.0}, 3)
+    deadline = time.time() + 10  # flushes during the 5 s pause after a failure only keep
+    while live.unsent.exists() and time.time() < deadline:
+        live.flush()
+        time.sleep(0.2)
+    assert not live.unsent.exists()
+    live.end("FINISHED")
+    assert [(m.step, m.value) for m in sorted(_client(stack.uri).get_metric_history(
+        live.run_id, "m"), key=lambda m: m.step)] == [(1, 1.0), (2, 2.0), (3, 3.0)]
     assert main(cmd) == 0
     assert not unsent.exists()
     c = _client(stack.uri)
