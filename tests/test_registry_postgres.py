@@ -357,3 +357,18 @@ def test_server_killed_during_training_no_metric_lost(stack, data_dir, tmp_path,
         steps = sorted(m.step for m in c.get_metric_history(run_id, key))
         assert steps == list(range(1, TRAIN_STEPS + 1)), key
     assert {a.path for a in c.list_artifacts(run_id, "checkpoints")} == {"checkpoints/best.pt"}
+
+
+def test_tracker_raises_what_the_server_refuses(stack, tmp_path):
+    """A request the server refuses is a bug, not an outage: raised, nothing kept."""
+    from mlflow.exceptions import MlflowException
+
+    from components.training.tracking import Tracker
+
+    t = Tracker(True, stack.uri, unsent=tmp_path / "unsent.jsonl")
+    t.start(None, "refused")
+    t.metrics({"../escape": 1.0}, 1)
+    with pytest.raises(MlflowException, match="INVALID_PARAMETER_VALUE|Invalid"):
+        t.flush()
+    assert not t.unsent.exists()
+    t.client.set_terminated(t.run_id, status="FAILED")
