@@ -63,7 +63,7 @@ from components.training.state import (
     saved_step,
     set_rng_state,
 )
-from components.training.tracking import PARENT_RUN_TAG, Tracker, flatten
+from components.training.tracking import PARENT_RUN_TAG, UNSENT_FILE, Tracker, flatten
 from components.training.validation import Validation, validate
 from model import (
     ModelConfig,
@@ -136,7 +136,7 @@ class Trainer:
         self.out, self.seed, self.config, self.explicit = Path(out), int(seed), str(config), explicit
         self.layout = TrainOutput(self.out)
         self.dist, self.device = dist, device
-        self.tracker = Tracker(dist.main, tracking_uri)
+        self.tracker = Tracker(dist.main, tracking_uri, unsent=self.out / UNSENT_FILE)
         self.parent_run_id = parent_run_id or None  # an MLflow parent run (the ablation's)
         self.log = logs.get_logger("train", lang)
         self.resume_path = self.layout.resume
