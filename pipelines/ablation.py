@@ -41,14 +41,17 @@ def ablation_pipeline(
     crf: bool = True,
     tracking_uri: str = "",
     max_fail_rate: float = 0.05,
+    image_roots: str = "",
     resume_root: str = "",
 ) -> str:
     """``rows``: comma-separated row names or numbers ("" = every row of configs/ablation);
     ``seeds``: comma-separated; ``split``: the reported split, ``gate`` (the pooled splits the
     selection of best.pt did not see) or one evaluated split other than the selection split;
-    ``resume_root``: where the train steps keep their resumable state, as in the main pipeline.
+    ``resume_root``: where the train steps keep their resumable state, and ``image_roots``: where
+    the images must lie, as in the main pipeline.
     Returns the table step's JSON (the table, and the URIs of its HTML and JSON artifacts)."""
-    check = check_translations_op(manifest_uri=manifest_uri, max_fail_rate=max_fail_rate)
+    check = check_translations_op(manifest_uri=manifest_uri, max_fail_rate=max_fail_rate,
+                                  image_roots=image_roots)
     _on_cluster(check)
     check.set_display_name("check translations").set_retry(num_retries=2)
     check.set_cpu_limit("2").set_memory_limit("8G")

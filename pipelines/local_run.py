@@ -54,6 +54,8 @@ class PipelineOptions:
     margin: float = 0.0
     floor: float = 0.3
     max_fail_rate: float = 0.05
+    image_roots: str = ""  # comma-separated; "" = the manifest's folder and any s3:// object
+    resume_root: str = ""  # where train steps keep resumable state; "" = the pipeline root
     seed: int = 0
     zh_vectors: str = ""
     en_vectors: str = ""
@@ -256,7 +258,8 @@ def _run_dag(opts: PipelineOptions, root: Path, tracking_uri: str) -> str:
         steps=opts.steps, crf=opts.crf, splits=opts.splits, gate_split=opts.gate_split,
         margin=opts.margin, floor=opts.floor,
         max_fail_rate=opts.max_fail_rate, tracking_uri=tracking_uri,
-        zh_vectors=opts.zh_vectors, en_vectors=opts.en_vectors, seed=opts.seed)
+        zh_vectors=opts.zh_vectors, en_vectors=opts.en_vectors, seed=opts.seed,
+        image_roots=opts.image_roots, resume_root=opts.resume_root)
     return task.output
 
 
@@ -330,6 +333,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--floor", type=float, default=0.3,
                    help="a first model becomes champion only above this gate value (default 0.3)")
     p.add_argument("--max-fail-rate", type=float, default=0.05, help="translation gate threshold")
+    p.add_argument("--image-root", dest="image_roots", action="append", default=[],
+                   metavar="ROOT", help="a local folder or s3:// prefix the manifest's images must "
+                   "lie in (repeatable; default: the manifest's folder and any s3:// object)")
+    p.add_argument("--resume-root", default="", help="where the train steps keep their "
+                   "resumable state (local folder or s3:// prefix; default: under --root)")
     p.add_argument("--zh-vectors", default="", help="pretrained Chinese word vectors (optional)")
     p.add_argument("--en-vectors", default="", help="pretrained English word vectors (optional)")
 
@@ -340,6 +348,7 @@ def run(args) -> int:
                        splits=args.splits, gate_split=args.gate_split, margin=args.margin,
                        floor=args.floor,
                        max_fail_rate=args.max_fail_rate, seed=args.seed,
+                       image_roots=",".join(args.image_roots), resume_root=args.resume_root,
                        zh_vectors=args.zh_vectors, en_vectors=args.en_vectors,
                        verbose=args.verbose > 0)
     print(f"pipeline finished in {res['seconds']} s")

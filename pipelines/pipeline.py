@@ -58,6 +58,7 @@ def refseg_pipeline(
     margin: float = 0.0,
     floor: float = 0.3,
     max_fail_rate: float = 0.05,
+    image_roots: str = "",
     tracking_uri: str = "",
     zh_vectors: str = "",
     en_vectors: str = "",
@@ -68,10 +69,13 @@ def refseg_pipeline(
     the evaluated splits, comma-separated ("" = every split but train); ``gate_split``: the
     splits the promotion gate pools, joined with '+' ("" = every evaluated split but the
     selection split). ``resume_root``: where the train steps keep their resumable state (an
-    s3:// prefix; "" = the pipeline root when it is a local folder or s3://). Returns the
+    s3:// prefix; "" = the pipeline root when it is a local folder or s3://). ``image_roots``:
+    comma-separated local folders and s3:// prefixes the manifest's images must lie in ("" = the
+    manifest's folder and any s3:// object). Returns the
     results step's JSON (check counts and report, per-language
     metrics, reports, registration, the results table)."""
-    check = check_translations_op(manifest_uri=manifest_uri, max_fail_rate=max_fail_rate)
+    check = check_translations_op(manifest_uri=manifest_uri, max_fail_rate=max_fail_rate,
+                                  image_roots=image_roots)
     _on_cluster(check)
     check.set_display_name("check translations").set_retry(num_retries=2)
     check.set_cpu_limit("2").set_memory_limit("8G")

@@ -31,10 +31,13 @@ def check_translations_op(
     report: Output[HTML],
     validation_site: Output[Artifact],
     summary: Output[Artifact],
+    image_roots: str = "",
 ):
-    """Great Expectations checks of every EN/ZH pair.
+    """Great Expectations checks of every EN/ZH pair, and of every image once.
 
-    Inputs: manifest_uri (bilingual manifest, local or s3://), max_fail_rate (the gate).
+    Inputs: manifest_uri (bilingual manifest, local or s3://), max_fail_rate (the gate),
+    image_roots (comma-separated local folders and s3:// prefixes the images must lie in;
+    "" = the manifest's folder and any s3:// object).
     Outputs: clean (manifest of rows that pass), quarantine (refused rows with reasons),
     report (HTML), validation_site (the Data Docs site), summary (JSON counts)."""
     import os
@@ -46,12 +49,17 @@ def check_translations_op(
 
     logs.configure()
     out = tempfile.mkdtemp(prefix="check-")
-    result = check_translations(manifest_uri, out, max_fail_rate=max_fail_rate)
-    shutil.copyfile(os.path.join(out, "clean.parquet"), clean.path)
-    shutil.copyfile(os.path.join(out, "quarantine.parquet"), quarantine.path)
-    shutil.copyfile(os.path.join(out, "summary.json"), summary.path)
-    shutil.copytree(out, validation_site.path)
-    shutil.copyfile(result["report"], report.path)
+    try:
+        roots = [r.strip() for r in image_roots.split(",") if r.strip()]
+        result = check_translations(manifest_uri, out, max_fail_rate=max_fail_rate,
+                                    image_roots=roots or None)
+        shutil.copyfile(os.path.join(out, "clean.parquet"), clean.path)
+        shutil.copyfile(os.path.join(out, "quarantine.parquet"), quarantine.path)
+        shutil.copyfile(os.path.join(out, "summary.json"), summary.path)
+        shutil.copytree(out, validation_site.path)
+        shutil.copyfile(result["report"], report.path)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     for key in ("rows_in", "rows_clean", "rows_quarantined"):
         if key in result:
             clean.metadata[key] = result[key]
@@ -165,14 +173,17 @@ def evaluate_op(
     with open(TrainOutput(model.path).summary, encoding="utf-8") as fh:
         trained = json.load(fh)
     out = tempfile.mkdtemp(prefix="eval-")
-    result = evaluate(str(TrainOutput(model.path).best), data.path, splits=splits or None,
-                      gate_split=gate_split or None, crf=crf, out_dir=out, run_id=run_id)
+    try:
+        result = evaluate(str(TrainOutput(model.path).best), data.path, splits=splits or None,
+                          gate_split=gate_split or None, crf=crf, out_dir=out, run_id=run_id)
+        shutil.copyfile(os.path.join(out, "report.html"), report.path)
+        shutil.copyfile(os.path.join(out, "per_sample.parquet"), per_sample.path)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     finite = {k: float(v) for k, v in result["metrics"].items()
               if isinstance(v, (int, float)) and not math.isnan(v)}
     for name, value in finite.items():
         metrics.log_metric(name, value)
-    shutil.copyfile(os.path.join(out, "report.html"), report.path)
-    shutil.copyfile(os.path.join(out, "per_sample.parquet"), per_sample.path)
     return json.dumps({"lang": lang, "splits": result["splits"],
                        "gate_split": result["gate_split"], "select_split": result["select_split"],
                        "metrics": finite, "results": result["results"], "report": report.uri,
@@ -326,8 +337,11 @@ def ablation_table_op(
 
     logs.configure()
     out = tempfile.mkdtemp(prefix="ablation-")
-    doc = finish(items, [json.loads(e) for e in evaluations], split, crf, out,
-                 tracking_uri=tracking_uri or None, meta={"steps": steps})
-    shutil.copyfile(os.path.join(out, TABLE_HTML), table.path)
-    shutil.copyfile(os.path.join(out, TABLE_JSON), table_json.path)
+    try:
+        doc = finish(items, [json.loads(e) for e in evaluations], split, crf, out,
+                     tracking_uri=tracking_uri or None, meta={"steps": steps})
+        shutil.copyfile(os.path.join(out, TABLE_HTML), table.path)
+        shutil.copyfile(os.path.join(out, TABLE_JSON), table_json.path)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     return json.dumps({**doc, "table": table.uri, "table_json": table_json.uri})

@@ -229,3 +229,32 @@ def test_every_step_runs_as_the_images_non_root_user(compiled):
         for name, cfg in execs.items():
             assert cfg["securityContext"] == {"runAsUser": str(uid), "runAsGroup": str(uid),
                                               "runAsNonRoot": True}, name
+
+
+def test_image_roots_reach_the_check_step(compiled, tmp_path):
+    """``image_roots`` is a pipeline parameter bound to the check step, and the step function
+    passes it on: an image outside the given root is quarantined, inside it is kept."""
+    from types import SimpleNamespace
+
+    from components.synth import generate
+    from pipelines.steps import check_translations_op
+
+    _, spec = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["image_roots"]["defaultValue"] == ""
+    check = spec["root"]["dag"]["tasks"]["check-translations-op"]["inputs"]["parameters"]
+    assert check["image_roots"] == {"componentInputParameter": "image_roots"}
+
+    generate(str(tmp_path / "synth"), n_images=2, seed=0)
+
+    def outputs(name):
+        return SimpleNamespace(path=str(tmp_path / name), metadata={}, uri=str(tmp_path / name))
+
+    for roots, kept in ((str(tmp_path / "elsewhere"), 0), (f"{tmp_path}/elsewhere,{tmp_path}", None)):
+        out = {k: outputs(f"{k}-{kept}") for k in ("clean", "quarantine", "report",
+                                                   "validation_site", "summary")}
+        check_translations_op.python_func(manifest_uri=str(tmp_path / "synth" / "manifest.parquet"),
+                                          max_fail_rate=1.0, image_roots=roots, **out)
+        counts = json.loads(open(out["summary"].path, encoding="utf-8").read())
+        rows_in = counts["rows_in"]
+        assert counts["rows_clean"] == (kept if kept is not None else rows_in), counts
