@@ -62,14 +62,20 @@ def stack(s3_endpoint, tmp_path_factory, request):
     pg = servers_pg.start_postgres()
     server = servers_pg.MlflowServer(pg.url, f"s3://{BUCKET}/mlartifacts",
                                      tmp_path_factory.mktemp("mlflow-pg"))
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
     saved = os.environ.get("MLFLOW_TRACKING_URI")
+    # an earlier step in this process may have set MLflow's process-wide URI (a server gone now)
+    saved_global = tracking_utils._tracking_uri
     try:
         server.spawn()  # its first start creates MLflow's schema: build the test data meanwhile
         request.getfixturevalue("tiny_model")
         server.wait_up(120)
         os.environ["MLFLOW_TRACKING_URI"] = server.uri
+        tracking_utils._tracking_uri = server.uri
         yield server
     finally:
+        tracking_utils._tracking_uri = saved_global
         if saved is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
