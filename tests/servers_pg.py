@@ -23,10 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.servers import wait_http
 
 PR_SET_PDEATHSIG = 1
 _GROUPS: set[int] = set()  # process groups to kill at exit
@@ -235,20 +235,7 @@ class MlflowServer:
         self.proc = spawn(cmd, self.root / "mlflow-server.log", env=env, cwd=str(self.root))
 
     def wait_up(self, timeout: float) -> None:
-        log = self.root / "mlflow-server.log"
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited ({self.proc.returncode}):\n"
-                                   f"{_tail(log)}")
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.uri} not up after {timeout}s:\n{_tail(log)}")
+        wait_http(f"{self.uri}/health", self.proc, timeout, self.root / "mlflow-server.log")
 
     def kill(self) -> None:
         """SIGKILL the server and its workers (a crash, not a shutdown)."""

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from components.registry.promotion import VersionInfo, decide
-from tests.servers import start_server, stop_server
+from tests.servers import start_server, stop_server, wait_http
 
 pytestmark = pytest.mark.slow
 
@@ -63,19 +63,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not up after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +84,7 @@ def mlflow_server(s3_endpoint, tmp_path_factory):
     uri = f"http://127.0.0.1:{port}"
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     try:
-        _wait_http(f"{uri}/health", proc, 90, log)
+        wait_http(f"{uri}/health", proc, 90, log)
         os.environ["MLFLOW_TRACKING_URI"] = uri
         yield uri
     finally:
@@ -569,7 +556,7 @@ def test_rest_serving(mlflow_server, zh_champion, tmp_path):
     proc = start_server([MLFLOW, "models", "serve", "-m", zh_champion, "--env-manager", "local",
                          "-h", "127.0.0.1", "-p", str(port)], log, env=env, cwd=tmp_path)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/ping", proc, 150, log)
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, 150, log)
         body = {"dataframe_split": {"columns": ["image", "text", "lang"],
                                     "data": [[base64.b64encode(_png(60, 90)).decode(), ZH, "zh"]]},
                 "params": {"threshold": 0.5}}
